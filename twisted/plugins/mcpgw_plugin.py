@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+MCPGateway = ServiceMaker("MCP Gateway", "mcpgw.tap", "Gateway for MCP servers.", "mcp-gateway")
