@@ -1,0 +1,399 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+``MCPServer``: one running MCP server child, the API the rest of the gateway uses (SPEC 5, 6).
+
+Lifecycle: ``start()`` makes the private directory, spawns the launcher (``mcpgw.sandbox``),
+performs the ``initialize`` handshake and sends ``notifications/initialized``; ``list_tools()``
+and ``call_tool()`` are multiplexed by JSON-RPC id over the one process; ``stop()`` follows the
+MCP shutdown order: close stdin, after ``term_grace`` s SIGTERM to the process group, after
+``kill_grace`` more s SIGKILL, one more SIGKILL to the group once the leader has exited (to
+catch stragglers), and fires once the process has ended and the private directory is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProcessTransport,
+    IReactorProcess,
+    IReactorTime,
+)
+from twisted.logger import Logger
+
+import mcpgw
+from mcpgw import sandbox
+from mcpgw.child import MCPChildProtocol
+from mcpgw.config import ServiceConfig
+from mcpgw.errors import CallTimeout, ChildFailed, JsonRpcError, StartupFailed
+
+OFFERED_VERSION = "2025-11-25"
+SUPPORTED_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
+MAX_TOOL_PAGES = 1000
+
+
+class MCPServer:
+    """
+    One MCP server child process and its JSON-RPC session.
+
+    ``on_exit(description)`` is called once, the moment the process exits (also after
+    ``stop()``), before its pending requests fail; ``on_tools_changed()`` on every
+    ``notifications/tools/list_changed``.
+
+    @ivar term_grace: seconds between closing stdin and SIGTERM to the process group.
+    @ivar kill_grace: seconds between SIGTERM and SIGKILL.
+    @ivar close_grace: seconds to wait, once the leader has exited, for its pipes to close
+        (a grandchild outside the group may hold them) before closing our ends.
+    @ivar killpg: ``os.killpg``; replaceable for tests.
+    """
+
+    log = Logger()
+    term_grace = 2.0
+    kill_grace = 2.0
+    close_grace = 2.0
+
+    def __init__(
+        self,
+        reactor: IReactorProcess,
+        service: ServiceConfig,
+        sandbox_root: str,
+        environ: Mapping[str, str],
+        on_tools_changed: Callable[[], None] | None = None,
+        on_exit: Callable[[str], None] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._clock = IReactorTime(reactor)
+        self._service = service
+        self._sandbox_root = sandbox_root
+        self._environ = environ
+        self._on_tools_changed = on_tools_changed
+        self._on_exit = on_exit
+        self.killpg: Callable[[int, int], None] = os.killpg
+        self._protocol: MCPChildProtocol | None = None
+        self._transport: IProcessTransport | None = None
+        self._pgid: int | None = None
+        self._private_dir: str | None = None
+        self._timers: dict[str, IDelayedCall] = {}
+        self._stopping = False
+        self._finished = False
+        self._stop_waiters: list[Deferred[None]] = []
+        self.server_info: dict[str, Any] = {}
+        self.protocol_version = ""
+        self.capabilities: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self._service.name
+
+    @property
+    def alive(self) -> bool:
+        """Running, initialized or not, and neither stopping nor broken."""
+        return self._protocol is not None and self._protocol.usable and not self._stopping
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid (also its process group id), until it has exited."""
+        if self._protocol is None or self._protocol.exit_description is not None:
+            return None
+        return self._pgid
+
+    @property
+    def private_dir(self) -> str | None:
+        return self._private_dir
+
+    def stderr_tail(self) -> str:
+        return self._protocol.stderr_tail() if self._protocol is not None else ""
+
+    # -- start --------------------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """
+        Spawn and initialize; fails with ``StartupFailed`` (the process stopped and the
+        directory removed) when that does not complete within ``service.startup_timeout``.
+        """
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        if self._protocol is not None or self._stopping:
+            raise StartupFailed(f"MCP server {self.name!r} was already started")
+        try:
+            await self._spawn_and_initialize()
+        except GeneratorExit:
+            raise
+        except BaseException as e:
+            tail = self.stderr_tail()
+            await self.stop()
+            if isinstance(e, StartupFailed | CancelledError):
+                raise
+            if isinstance(e, ChildFailed):
+                raise StartupFailed(e.message, e.stderr_tail) from None
+            if isinstance(e, JsonRpcError):
+                raise StartupFailed(
+                    f"MCP server {self.name!r} refused initialize: {e.code} {e.message}", tail
+                ) from None
+            raise StartupFailed(f"MCP server {self.name!r} could not start: {e}", tail) from e
+
+    async def _spawn_and_initialize(self) -> None:
+        service = self._service
+        try:
+            launch = sandbox.prepare_launch(service, self._sandbox_root, self._environ)
+        except OSError as e:
+            raise StartupFailed(f"cannot make a private directory for {self.name!r}: {e}") from e
+        self._private_dir = launch.private_dir
+        protocol = MCPChildProtocol(
+            service.name,
+            service.max_line_bytes,
+            on_tools_changed=self._tools_changed,
+            on_exited=self._exited,
+            on_ended=self._ended,
+            on_broken=self._broken,
+        )
+        self._protocol = protocol
+        try:
+            self._transport = self._reactor.spawnProcess(
+                protocol, launch.executable, launch.argv, env=dict(launch.env)
+            )
+        except OSError as e:
+            self._protocol = None
+            raise StartupFailed(f"cannot spawn MCP server {self.name!r}: {e}") from e
+        self._pgid = self._transport.pid
+        self.log.info(
+            "spawned {server} pid={pid} dir={private_dir}",
+            server=self.name,
+            pid=self._pgid,
+            private_dir=launch.private_dir,
+        )
+        _, initializing = protocol.request(
+            "initialize",
+            {
+                "protocolVersion": OFFERED_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "mcpgw", "version": mcpgw.__version__},
+            },
+        )
+        timed_out = []
+
+        def on_timeout() -> None:
+            timed_out.append(True)
+            initializing.cancel()
+
+        self._timers["startup"] = self._clock.callLater(service.startup_timeout, on_timeout)
+        try:
+            result = await initializing
+        except CancelledError:
+            if timed_out:
+                raise StartupFailed(
+                    f"MCP server {self.name!r} did not initialize within "
+                    f"{service.startup_timeout:g} s",
+                    self.stderr_tail(),
+                ) from None
+            raise
+        finally:
+            self._cancel_timer("startup")
+        if not isinstance(result, dict):
+            raise StartupFailed(f"MCP server {self.name!r} sent an invalid initialize result")
+        version = result.get("protocolVersion")
+        if version not in SUPPORTED_VERSIONS:
+            raise StartupFailed(
+                f"MCP server {self.name!r} answered initialize with unsupported "
+                f"protocol version {version!r}",
+                self.stderr_tail(),
+            )
+        info = result.get("serverInfo")
+        capabilities = result.get("capabilities")
+        self.server_info = info if isinstance(info, dict) else {}
+        self.capabilities = capabilities if isinstance(capabilities, dict) else {}
+        self.protocol_version = str(version)
+        protocol.notify("notifications/initialized")
+        self.log.info(
+            "initialized {server} ({version}, {server_name})",
+            server=self.name,
+            version=self.protocol_version,
+            server_name=self.server_info.get("name"),
+        )
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def list_tools(self, timeout: float | None = None) -> Deferred[list[dict[str, Any]]]:
+        """
+        Every tool, following ``nextCursor`` until it is absent or null (``""`` is a cursor).
+
+        Bounded by ``timeout`` s per page (default ``service.call_timeout``) and
+        ``MAX_TOOL_PAGES`` pages; a repeated cursor fails with ``ChildFailed``.
+        """
+        return Deferred.fromCoroutine(self._list_tools(timeout or self._service.call_timeout))
+
+    async def _list_tools(self, timeout: float) -> list[dict[str, Any]]:
+        tools: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        cursor: str | None = None
+        for _ in range(MAX_TOOL_PAGES):
+            params = {} if cursor is None else {"cursor": cursor}
+            page = await self._request("tools/list", params, timeout)
+            listed = page.get("tools")
+            if not isinstance(listed, list):
+                raise ChildFailed(f"MCP server {self.name!r} sent a tools/list without tools")
+            tools.extend(t for t in listed if isinstance(t, dict))
+            next_cursor = page.get("nextCursor")
+            if next_cursor is None:
+                return tools
+            cursor = str(next_cursor)
+            if cursor in seen:
+                raise ChildFailed(
+                    f"MCP server {self.name!r} repeated tools/list cursor {cursor!r}"
+                )
+            seen.add(cursor)
+        raise ChildFailed(f"MCP server {self.name!r} sent more than {MAX_TOOL_PAGES} tool pages")
+
+    def call_tool(
+        self, name: str, arguments: dict[str, Any], timeout: float
+    ) -> Deferred[dict[str, Any]]:
+        """
+        ``tools/call``: the whole ``CallToolResult``, or ``JsonRpcError``, ``CallTimeout``
+        (``notifications/cancelled`` sent) or ``ChildFailed``. Cancelling the Deferred sends
+        ``notifications/cancelled`` and forgets the request.
+        """
+        return self._request("tools/call", {"name": name, "arguments": arguments}, timeout)
+
+    def _request(
+        self, method: str, params: dict[str, Any], timeout: float
+    ) -> Deferred[dict[str, Any]]:
+        protocol = self._protocol
+        if protocol is None or not self.alive:
+            reason = protocol.exit_description if protocol is not None else None
+            return fail(ChildFailed(f"MCP server {self.name!r} {reason or 'is not running'}"))
+        request_id, d = protocol.request(
+            method, params, on_cancel=lambda rid: self._send_cancelled(rid, "cancelled by client")
+        )
+
+        def on_timeout() -> None:
+            if protocol.forget(request_id) is not None:
+                self._send_cancelled(request_id, f"timed out after {timeout:g} s")
+                d.errback(CallTimeout(timeout))
+
+        timer = self._clock.callLater(timeout, on_timeout)
+
+        def done(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(done)
+        return d.addCallback(self._check_result, method)
+
+    def _check_result(self, result: object, method: str) -> dict[str, Any]:
+        if not isinstance(result, dict):
+            raise ChildFailed(
+                f"MCP server {self.name!r} sent a {method} result that is not an object"
+            )
+        return result
+
+    def _send_cancelled(self, request_id: int, reason: str) -> None:
+        self.log.info(
+            "cancelling request {id} of {server}: {reason}",
+            id=request_id,
+            server=self.name,
+            reason=reason,
+        )
+        if self._protocol is not None:
+            self._protocol.notify(
+                "notifications/cancelled", {"requestId": request_id, "reason": reason}
+            )
+
+    # -- events from the protocol -----------------------------------------------------------
+
+    def _tools_changed(self) -> None:
+        if self._on_tools_changed is not None:
+            self._on_tools_changed()
+
+    def _broken(self, description: str) -> None:
+        # stdout is unusable (an over-long line): end this child; the session restarts.
+        self.stop()
+
+    def _exited(self, description: str) -> None:
+        for name in ("startup", "term", "kill"):
+            self._cancel_timer(name)
+        self._signal_group(signal.SIGKILL)  # stragglers left in the group
+        if self._transport is not None:
+            self._timers["close"] = self._clock.callLater(
+                self.close_grace, self._transport.loseConnection
+            )
+        if not self._stopping:
+            self.log.warn(
+                "MCP server {server} {description}", server=self.name, description=description
+            )
+        if self._on_exit is not None:
+            self._on_exit(description)
+
+    def _ended(self) -> None:
+        self._cancel_timer("close")
+        self._finish()
+
+    # -- stop --------------------------------------------------------------------------------
+
+    def stop(self) -> Deferred[None]:
+        """
+        End the child (idempotent); fires once it has ended and its directory is removed.
+        """
+        if self._finished:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._stop_waiters.append(d)
+        if self._stopping:
+            return d
+        self._stopping = True
+        protocol = self._protocol
+        if protocol is None or protocol.ended:
+            self._finish()
+            return d
+        if protocol.exit_description is None and self._transport is not None:
+            self._transport.closeStdin()
+            self._timers["term"] = self._clock.callLater(self.term_grace, self._terminate)
+        return d
+
+    def _terminate(self) -> None:
+        self._timers.pop("term", None)
+        self._signal_group(signal.SIGTERM)
+        self._timers["kill"] = self._clock.callLater(self.kill_grace, self._kill)
+
+    def _kill(self) -> None:
+        self._timers.pop("kill", None)
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum: int) -> None:
+        if self._pgid is None:
+            return
+        try:
+            self.killpg(self._pgid, signum)
+        except ProcessLookupError:
+            pass
+        except OSError as e:
+            self.log.warn(
+                "cannot signal {server} group {pgid}: {error}",
+                server=self.name,
+                pgid=self._pgid,
+                error=e,
+            )
+
+    def _cancel_timer(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._stopping = True
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        if self._private_dir is not None:
+            sandbox.remove_private_dir(self._private_dir)
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for d in waiters:
+            d.callback(None)

@@ -1,0 +1,300 @@
+"""
+Integration tests for L{mcpgw.client.MCPServer} with real processes of
+C{tests/fake_mcp_server.py}, spawned through the real launcher on the real reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.internet import reactor as _global_reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from mcpgw.client import MCPServer
+from mcpgw.config import SandboxConfig, ServiceConfig
+from mcpgw.errors import ChildFailed, JsonRpcError, StartupFailed
+
+FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_mcp_server.py")
+
+reactor: Any = _global_reactor
+
+
+def fake_service(*flags: str, **overrides: Any) -> ServiceConfig:
+    """A service running the fake server (by path) with C{flags}."""
+    return ServiceConfig(name="fake", command=(sys.executable, FAKE, *flags), **overrides)
+
+
+def process_gone(pid: int) -> bool:
+    """Whether C{pid} no longer runs (absent, or a zombie waiting for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("State:"):
+                    return "Z" in line.split()[1]
+    except FileNotFoundError:
+        return True
+    return False
+
+
+async def gone_soon(pid: int) -> bool:
+    """Whether C{pid} is gone within 5 s (a signalled process needs a moment to die)."""
+    for _ in range(100):
+        if process_gone(pid):
+            return True
+        await deferLater(reactor, 0.05, lambda: None)
+    return False
+
+
+def text_of(result: dict[str, Any]) -> str:
+    return str(result["content"][0]["text"])
+
+
+class RealProcessTests(TestCase):
+    """C{MCPServer} against real child processes."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.exits: list[str] = []
+        self.changes: list[None] = []
+
+    def server(self, service: ServiceConfig, environ: dict[str, str] | None = None) -> MCPServer:
+        server = MCPServer(
+            reactor,
+            service,
+            self.root,
+            os.environ if environ is None else environ,
+            on_tools_changed=lambda: self.changes.append(None),
+            on_exit=self.exits.append,
+        )
+        server.term_grace = 0.5
+        server.kill_grace = 0.5
+        self.addCleanup(server.stop)
+        return server
+
+    @inlineCallbacks
+    def test_handshake_call_and_state(self) -> Any:
+        """
+        C{start} completes the handshake; calls return the whole C{CallToolResult}, and the
+        process keeps its state between calls.
+        """
+        server = self.server(fake_service())
+        yield server.start()
+        self.assertTrue(server.alive)
+        self.assertEqual(server.protocol_version, "2025-11-25")
+        self.assertEqual(server.server_info["name"], "fake-mcp-server")
+        result = yield server.call_tool("add", {"a": 2, "b": 3}, 10)
+        self.assertEqual(result["structuredContent"], {"sum": 5})
+        counts = []
+        for _ in range(3):
+            counts.append(text_of((yield server.call_tool("incr", {}, 10))))
+        self.assertEqual(counts, ["1", "2", "3"])
+        error = yield self.assertFailure(server.call_tool("fail", {}, 10), JsonRpcError)
+        self.assertEqual((error.code, error.data), (-32000, {"detail": "from fake"}))
+
+    @inlineCallbacks
+    def test_pagination(self) -> Any:
+        """C{list_tools} follows cursors (an empty string one too) and returns every page."""
+        server = self.server(fake_service("--page-size=4", "--cursor-style=empty-first"))
+        yield server.start()
+        tools = yield server.list_tools()
+        self.assertEqual(len(tools), 21)
+        self.assertEqual(tools[0]["name"], "echo")
+        self.assertEqual(len({t["name"] for t in tools}), 21)
+
+    @inlineCallbacks
+    def test_server_requests_answered(self) -> Any:
+        """
+        A server C{ping} mid-call gets C{{}}; C{roots/list}, sampling and elicitation get
+        -32601; the call completes once they are answered.
+        """
+        server = self.server(fake_service())
+        yield server.start()
+        answers = json.loads(text_of((yield server.call_tool("ping_roots", {}, 10))))
+        self.assertEqual(answers["ping"]["result"], {})
+        self.assertEqual(answers["ping"]["id"], "srv-ping")
+        self.assertEqual(answers["roots/list"]["id"], 0)
+        for method in ("roots/list", "sampling/createMessage", "elicitation/create"):
+            self.assertEqual(answers[method]["error"]["code"], -32601)
+
+    @inlineCallbacks
+    def test_crash_fails_call_at_once(self) -> Any:
+        """
+        A child exiting mid-call fails the call with C{ChildFailed} naming the exit code,
+        with the stderr tail; C{on_exit} hears of it and the private directory is removed.
+        """
+        server = self.server(fake_service("--grandchild-holds-pipes"))
+        yield server.start()
+        private_dir = server.private_dir
+        assert private_dir is not None
+        slow = server.call_tool("sleep", {"seconds": 30}, 30)
+        error = yield self.assertFailure(server.call_tool("crash", {"code": 7}, 10), ChildFailed)
+        self.assertIn("exited with code 7", error.message)
+        self.assertIn("crashing on purpose", error.stderr_tail)
+        yield self.assertFailure(slow, ChildFailed)
+        self.assertFalse(server.alive)
+        self.assertEqual(self.exits, ["exited with code 7"])
+        yield server.stop()
+        self.assertFalse(os.path.exists(private_dir))
+
+    @inlineCallbacks
+    def test_stop_kills_process_group(self) -> Any:
+        """
+        C{stop} on a child that ignores stdin EOF escalates to SIGTERM on the process group,
+        which also ends its grandchild; the private directory is removed.
+        """
+        server = self.server(fake_service("--ignore-eof", "--grandchild"))
+        yield server.start()
+        pid = server.pid
+        grandchild = int(text_of((yield server.call_tool("spawn_grandchild", {}, 10))))
+        private_dir = server.private_dir
+        assert private_dir is not None and pid is not None
+        yield server.stop()
+        self.assertTrue(process_gone(pid))
+        self.assertTrue((yield Deferred.fromCoroutine(gone_soon(grandchild))))
+        self.assertFalse(os.path.exists(private_dir))
+        self.assertEqual(self.exits, [f"was killed by signal {signal.SIGTERM} (SIGTERM)"])
+
+    @inlineCallbacks
+    def test_stop_sigkill(self) -> Any:
+        """A child that ignores SIGTERM is killed with SIGKILL after C{kill_grace}."""
+        server = self.server(fake_service("--ignore-eof", "--ignore-sigterm"))
+        yield server.start()
+        yield server.stop()
+        self.assertEqual(self.exits, [f"was killed by signal {signal.SIGKILL} (SIGKILL)"])
+
+    @inlineCallbacks
+    def test_straggler_holding_pipes(self) -> Any:
+        """
+        A grandchild that keeps the stdout pipe open is killed once the leader exits, so
+        C{stop} still completes.
+        """
+        server = self.server(fake_service("--grandchild-holds-pipes"))
+        yield server.start()
+        tail = server.stderr_tail()
+        grandchild = int(tail.split("grandchild pid=")[1].split()[0])
+        yield server.stop()
+        self.assertTrue((yield Deferred.fromCoroutine(gone_soon(grandchild))))
+
+    @inlineCallbacks
+    def test_restricted_env(self) -> Any:
+        """
+        With C{restricted_env}, a gateway secret does not reach the child; C{HOME} and
+        C{TMPDIR} are the private directory, which is also the working directory, and the
+        service's C{env} is added.
+        """
+        environ = dict(os.environ, MCPGW_TEST_SECRET="hunter2")
+        server = self.server(fake_service(env={"EXTRA": "yes"}), environ)
+        yield server.start()
+        env = json.loads(text_of((yield server.call_tool("env", {}, 10))))
+        report = json.loads(text_of((yield server.call_tool("sandbox", {}, 10))))
+        self.assertNotIn("MCPGW_TEST_SECRET", env)
+        self.assertEqual(env["EXTRA"], "yes")
+        self.assertEqual(env["HOME"], server.private_dir)
+        self.assertEqual(env["TMPDIR"], server.private_dir)
+        self.assertEqual(report["cwd"], server.private_dir)
+
+    @inlineCallbacks
+    def test_unrestricted_env(self) -> Any:
+        """With C{restricted_env} off, the gateway's environment is passed on."""
+        environ = dict(os.environ, MCPGW_TEST_SECRET="hunter2")
+        service = fake_service(sandbox=SandboxConfig(restricted_env=False))
+        server = self.server(service, environ)
+        yield server.start()
+        env = json.loads(text_of((yield server.call_tool("env", {}, 10))))
+        self.assertEqual(env["MCPGW_TEST_SECRET"], "hunter2")
+
+    @inlineCallbacks
+    def test_rlimits_and_session(self) -> Any:
+        """
+        The child runs with the default resource limits, leads its own session and process
+        group.
+        """
+        server = self.server(fake_service())
+        yield server.start()
+        report = json.loads(text_of((yield server.call_tool("sandbox", {}, 10))))
+        limits = report["rlimits"]
+        self.assertEqual(limits["nofile"], [1024, 1024])
+        self.assertEqual(limits["cpu"], [3600, 3600])
+        self.assertEqual(limits["as"], [2048 * 1024 * 1024] * 2)
+        self.assertEqual(limits["fsize"], [100 * 1024 * 1024] * 2)
+        self.assertEqual(report["pid"], server.pid)
+        self.assertEqual(report["pgid"], server.pid)
+        self.assertEqual(report["sid"], server.pid)
+
+    @inlineCallbacks
+    def test_sandbox_disabled_still_own_group(self) -> Any:
+        """With the sandbox disabled there are no limits, but the child has its own group."""
+        server = self.server(fake_service(sandbox=SandboxConfig(enabled=False)))
+        yield server.start()
+        report = json.loads(text_of((yield server.call_tool("sandbox", {}, 10))))
+        self.assertEqual(report["pgid"], server.pid)
+        self.assertNotEqual(report["rlimits"]["nofile"], [1024, 1024])
+
+    @inlineCallbacks
+    def test_overlong_line(self) -> Any:
+        """
+        A stdout line over C{max_line_bytes} fails the call with C{ChildFailed} and the child
+        is stopped.
+        """
+        server = self.server(fake_service(max_line_bytes=4096))
+        yield server.start()
+        error = yield self.assertFailure(
+            server.call_tool("huge", {"bytes": 100000}, 10), ChildFailed
+        )
+        self.assertIn("longer than 4096 bytes", error.message)
+        self.assertFalse(server.alive)
+        yield server.stop()
+        self.assertEqual(len(self.exits), 1)
+
+    @inlineCallbacks
+    def test_exit_before_initialize(self) -> Any:
+        """A child exiting before its C{initialize} reply fails C{start} with its exit code."""
+        server = self.server(fake_service("--exit-before-init=5"))
+        error = yield self.assertFailure(server.start(), StartupFailed)
+        self.assertIn("exited with code 5", error.message)
+        self.assertIn("dying before initialize", error.stderr_tail)
+        self.assertEqual(os.listdir(self.root), [])
+
+    @inlineCallbacks
+    def test_command_not_found(self) -> Any:
+        """A command that cannot be run fails C{start}: the launcher exits 127 and says why."""
+        server = self.server(ServiceConfig(name="nope", command=("/nonexistent/server",)))
+        error = yield self.assertFailure(server.start(), StartupFailed)
+        self.assertIn("exited with code 127", error.message)
+        self.assertIn("mcpgw-launch: cannot run '/nonexistent/server'", error.stderr_tail)
+
+    @inlineCallbacks
+    def test_startup_timeout(self) -> Any:
+        """A child that never answers C{initialize} fails C{start} after C{startup_timeout}."""
+        server = self.server(fake_service("--no-init-reply", startup_timeout=0.5))
+        error = yield self.assertFailure(server.start(), StartupFailed)
+        self.assertIn("did not initialize within 0.5 s", error.message)
+        self.assertEqual(os.listdir(self.root), [])
+
+    @inlineCallbacks
+    def test_list_changed(self) -> Any:
+        """A C{notifications/tools/list_changed} calls C{on_tools_changed}."""
+        server = self.server(fake_service("--list-changed"))
+        yield server.start()
+        yield server.call_tool("list_changed", {}, 10)
+        self.assertGreaterEqual(len(self.changes), 2)
+
+    @inlineCallbacks
+    def test_cancel_sends_cancelled(self) -> Any:
+        """Cancelling a call sends C{notifications/cancelled} for its id to the child."""
+        server = self.server(fake_service())
+        yield server.start()
+        call = server.call_tool("hang", {}, 30)
+        yield deferLater(reactor, 0.05, lambda: None)
+        call.cancel()
+        self.failureResultOf(call)
+        cancelled = json.loads(text_of((yield server.call_tool("cancelled", {}, 10))))
+        self.assertEqual(len(cancelled), 1)

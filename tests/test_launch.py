@@ -1,0 +1,201 @@
+"""
+Tests for L{mcpgw._launch}, the launcher: option parsing and the order of its system calls
+(with fake C{os} and C{resource} modules), and one real run of it by file path.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from typing import Any
+
+from twisted.internet import reactor as _global_reactor
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mcpgw import _launch, sandbox
+
+reactor: Any = _global_reactor
+INFINITY = -1
+
+
+class FakeOS:
+    """Records the calls the launcher makes; C{execvp} raises like a missing program."""
+
+    def __init__(self, euid: int = 1000, exec_error: OSError | None = None) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.euid = euid
+        self.exec_error = exec_error or FileNotFoundError(2, "No such file or directory")
+
+    def setsid(self) -> None:
+        self.calls.append(("setsid",))
+
+    def chdir(self, path: str) -> None:
+        self.calls.append(("chdir", path))
+
+    def geteuid(self) -> int:
+        return self.euid
+
+    def setgroups(self, groups: list[int]) -> None:
+        self.calls.append(("setgroups", groups))
+
+    def setgid(self, gid: int) -> None:
+        self.calls.append(("setgid", gid))
+
+    def setuid(self, uid: int) -> None:
+        self.calls.append(("setuid", uid))
+
+    def execvp(self, file: str, argv: list[str]) -> None:
+        self.calls.append(("execvp", file, argv))
+        raise self.exec_error
+
+
+class FakeResource:
+    """A C{resource} module double with settable hard limits."""
+
+    RLIM_INFINITY = INFINITY
+
+    def __init__(self, hard: int = INFINITY) -> None:
+        self.hard = hard
+        self.set: list[tuple[int, tuple[int, int]]] = []
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        return (self.hard, self.hard)
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        self.set.append((which, limits))
+
+
+class ParseTests(SynchronousTestCase):
+    """L{_launch.parse_args}."""
+
+    def test_options_and_command(self) -> None:
+        """Options before C{--}; everything after it is the command, untouched."""
+        options, argv = _launch.parse_args(["--nofile=5", "--pdeathsig", "--", "x", "--nofile=9"])
+        self.assertEqual(options, {"nofile": "5", "pdeathsig": ""})
+        self.assertEqual(argv, ["x", "--nofile=9"])
+
+    def test_errors(self) -> None:
+        """No command, an unknown option or a stray argument are launch errors."""
+        for args in (["--nofile=5"], ["--nofile=5", "--"], ["--bogus=1", "--", "x"], ["x"]):
+            self.assertRaises(_launch.LaunchError, _launch.parse_args, args)
+
+
+class LaunchTests(SynchronousTestCase):
+    """L{_launch.launch} and L{_launch.main} with fake modules."""
+
+    def run_main(self, args: list[str], osmod: FakeOS, rlimit: FakeResource) -> tuple[int, str]:
+        stderr = io.StringIO()
+        code = _launch.main(args, osmod, rlimit, stderr)  # type: ignore[arg-type]
+        return code, stderr.getvalue()
+
+    def test_order(self) -> None:
+        """
+        setsid first, then the limits (soft = hard), then chdir, then exec of the command.
+        """
+        fake_os, fake_resource = FakeOS(), FakeResource()
+        args = ["--cpu=10", "--nofile=64", "--cwd=/w", "--", "srv", "a"]
+        self.run_main(args, fake_os, fake_resource)
+        self.assertEqual(
+            fake_os.calls, [("setsid",), ("chdir", "/w"), ("execvp", "srv", ["srv", "a"])]
+        )
+        self.assertEqual(
+            fake_resource.set,
+            [(_launch.LIMITS["cpu"], (10, 10)), (_launch.LIMITS["nofile"], (64, 64))],
+        )
+
+    def test_clamped_to_hard(self) -> None:
+        """A limit above the current hard limit is lowered to it."""
+        fake_resource = FakeResource(hard=100)
+        self.run_main(["--nofile=5000", "--", "srv"], FakeOS(), fake_resource)
+        self.assertEqual(fake_resource.set, [(_launch.LIMITS["nofile"], (100, 100))])
+
+    def test_exec_failure(self) -> None:
+        """A command that cannot run: one line on stderr naming it, exit status 127."""
+        code, err = self.run_main(["--", "nope"], FakeOS(), FakeResource())
+        self.assertEqual(code, 127)
+        self.assertEqual(err, "mcpgw-launch: cannot run 'nope': No such file or directory\n")
+
+    def test_bad_value(self) -> None:
+        """A non-integer limit is reported, nothing is exec'd."""
+        fake_os = FakeOS()
+        code, err = self.run_main(["--as=lots", "--", "srv"], fake_os, FakeResource())
+        self.assertEqual(code, 127)
+        self.assertIn("--as needs an integer", err)
+        self.assertNotIn("execvp", [c[0] for c in fake_os.calls])
+
+    def test_chdir_failure(self) -> None:
+        """A working directory that cannot be entered is reported; nothing is exec'd."""
+
+        class NoDir(FakeOS):
+            def chdir(self, path: str) -> None:
+                raise FileNotFoundError(2, "No such file or directory")
+
+        code, err = self.run_main(["--cwd=/gone", "--", "srv"], NoDir(), FakeResource())
+        self.assertEqual(code, 127)
+        self.assertIn("cannot change directory to '/gone'", err)
+
+    def test_user_ignored_when_not_root(self) -> None:
+        """C{--user} does nothing for a non-root launcher."""
+        fake_os = FakeOS(euid=1000)
+        self.run_main(["--user=nobody", "--", "srv"], fake_os, FakeResource())
+        self.assertNotIn("setuid", [c[0] for c in fake_os.calls])
+
+    def test_user_as_root(self) -> None:
+        """As root, C{--user} clears groups, sets the gid, then the uid."""
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        fake_os = FakeOS(euid=0)
+        self.run_main(["--user=nobody", "--", "srv"], fake_os, FakeResource())
+        self.assertEqual(
+            fake_os.calls[1:4],
+            [("setgroups", []), ("setgid", nobody.pw_gid), ("setuid", nobody.pw_uid)],
+        )
+
+    def test_unknown_user(self) -> None:
+        """An unknown user is a launch error."""
+        args = ["--user=no-such-user-xyz", "--", "srv"]
+        code, err = self.run_main(args, FakeOS(0), FakeResource())
+        self.assertEqual(code, 127)
+        self.assertIn("unknown user", err)
+
+
+class RealLaunchTests(TestCase):
+    """The launcher run for real, by file path with C{-S -I}."""
+
+    async def test_real_run(self) -> None:
+        """
+        The command runs as its own session leader with the limits applied, in the asked
+        directory, with no ignored signals inherited from the launcher's interpreter.
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.mkdir(workdir)
+        script = (
+            'ulimit -n; ulimit -t; pwd; grep SigIgn /proc/self/status; '
+            'ps -o pid=,pgid=,sid= -p $$'
+        )  # fmt: skip
+        args = ["-S", "-I", sandbox.LAUNCHER, "--nofile=64", "--cpu=7", "--pdeathsig",
+                f"--cwd={workdir}", "--", "sh", "-c", script]  # fmt: skip
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, args, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        )
+        self.assertEqual((code, err), (0, b""))
+        lines = out.decode().split("\n")
+        self.assertEqual(lines[:3], ["64", "7", workdir])
+        ignored = int(lines[3].split()[1], 16)
+        for signum in (13, 25):  # SIGPIPE, SIGXFSZ: Python ignores them; exec would keep that
+            self.assertFalse(ignored & (1 << (signum - 1)), signum)
+        pid, pgid, sid = lines[4].split()
+        self.assertEqual(pid, pgid)
+        self.assertEqual(pid, sid)
+
+    async def test_real_failure(self) -> None:
+        """A missing command: exit status 127 and one line on stderr."""
+        _, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-S", "-I", sandbox.LAUNCHER, "--", "/no/such/cmd"], env={}
+        )
+        self.assertEqual(code, 127)
+        self.assertEqual(err.count(b"\n"), 1)
+        self.assertTrue(err.startswith(b"mcpgw-launch: cannot run '/no/such/cmd'"))
