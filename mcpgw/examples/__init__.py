@@ -1,0 +1,1 @@
+"""Small MCP servers shipped with the gateway, for the example config and demos."""

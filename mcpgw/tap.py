@@ -1,0 +1,143 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The composition root: ``twistd mcp-gateway -c CONFIG`` (and the console shim) land here.
+
+This is the only module that resolves the global reactor, lazily, inside ``makeService``.
+``build_service`` only wires objects together; behaviour lives in the services it builds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from mcpgw.app import GatewayApp
+from mcpgw.auth import Credentials
+from mcpgw.catalog import ToolsCatalog
+from mcpgw.config import Config, load_config
+from mcpgw.errors import ConfigError
+from mcpgw.listen import ListenerService, server_endpoint, url_host
+from mcpgw.logs import FileLogService
+from mcpgw.servers import ServerFactory, mcp_server_factory
+from mcpgw.sessions import SessionManager
+from mcpgw.web import GatewayResource, GatewaySite
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[-c CONFIG]"
+    optParameters = [
+        ["config", "c", "config.json", "The JSON configuration file."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["gateway_config"] = load_checked(self["config"], os.environ, os.getcwd())
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def load_checked(path: str, environ: Mapping[str, str], cwd: str) -> Config:
+    """Load the config and check what can only be checked on disk (the TLS files)."""
+    from mcpgw.listen import certificate_options, wants_tls
+
+    config = load_config(path, environ, cwd)
+    if wants_tls(config):
+        certificate_options(config)
+    return config
+
+
+class GatewayService(MultiService):
+    """The whole gateway; its parts are reachable for tests and the shim."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.app: GatewayApp | None = None
+        self.listener: ListenerService | None = None
+        self.sessions: SessionManager | None = None
+        self.catalog: ToolsCatalog | None = None
+
+
+def build_service(
+    reactor: Any,
+    config: Config,
+    environ: Mapping[str, str],
+    server_factory: ServerFactory | None = None,
+) -> GatewayService:
+    """Wire the gateway for ``config``."""
+    from mcpgw.ratelimit import RateLimiter, client_ip
+
+    top = GatewayService()
+    if config.unknown_keys:
+        log.warn(
+            "{source}: unknown configuration keys ignored: {keys}",
+            source=config.source,
+            keys=", ".join(config.unknown_keys),
+        )
+    if config.logging.file:
+        FileLogService(config.logging.file, config.logging.level).setServiceParent(top)  # type: ignore[no-untyped-call]
+
+    os.makedirs(config.session.sandbox_dir, mode=0o700, exist_ok=True)
+    factory = server_factory or mcp_server_factory(reactor, config.session.sandbox_dir, environ)
+    services = config.enabled_services
+    catalog = ToolsCatalog(services, factory)
+    sessions = SessionManager(reactor, services, config.session, factory)
+    sessions.on_tools_changed = catalog.invalidate
+    sessions.setServiceParent(top)  # type: ignore[no-untyped-call]
+
+    limiter = RateLimiter(reactor, config.rate_limiting)
+    limiter.setServiceParent(top)  # type: ignore[no-untyped-call]
+
+    from mcpgw.swaig_bridge import SwaigBridge
+
+    swaig = SwaigBridge(config, catalog, sessions)
+    gateway = GatewayApp(reactor, config, sessions, catalog, limiter, swaig)
+    trusted = config.server.trusted_proxies
+
+    def ip_of(request: Any) -> str:
+        peer = request.getClientAddress()
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        return client_ip(
+            getattr(peer, "host", ""),
+            b",".join(forwarded).decode("latin-1") if forwarded and trusted else None,
+            trusted,
+        )
+
+    def auth_failed(ip: str) -> Any:
+        from mcpgw.errors import RateLimited
+
+        def decide(decision: Any) -> None:
+            if decision is not None and not decision.allowed:
+                raise RateLimited(decision.limit.text, decision.retry_after_seconds)
+
+        return limiter.check("default", "-", ip).addCallback(decide)
+
+    root = GatewayResource(
+        gateway.resource(),
+        Credentials.from_config(config),
+        client_ip=ip_of,
+        on_auth_failure=auth_failed,
+    )
+    site = GatewaySite(root, config.server.max_body_bytes, reactor=reactor)
+    endpoint, scheme = server_endpoint(reactor, config)
+
+    def listening(host: str, port: int) -> None:
+        swaig.default_base = f"{scheme}://{url_host(host)}:{port}"
+        catalog.probe_all()
+
+    listener = ListenerService(endpoint, site, scheme, on_listening=listening)
+    listener.setServiceParent(top)  # type: ignore[no-untyped-call]
+    top.app, top.listener, top.sessions, top.catalog = gateway, listener, sessions, catalog
+    return top
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    return build_service(reactor, options["gateway_config"], os.environ)

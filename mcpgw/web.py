@@ -1,0 +1,221 @@
+# -*- test-case-name: tests.test_web -*-
+"""
+HTTP plumbing around the Klein application.
+
+- ``GatewayResource`` wraps the Klein resource: security headers on every response, no
+  ``Server`` header, authentication before anything else (``/health`` excepted), failed
+  authentications counted against the ``default`` rate limit of ``(-, IP)``.
+- ``GatewayRequest`` refuses a declared ``Content-Length`` over the limit with 413 before the
+  body is read, and counts chunked bodies as they arrive.
+- ``GatewaySite`` builds those requests and keeps no access log (security events are logged
+  by the application itself).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from mcpgw.auth import Credentials, authenticate
+
+log = Logger()
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"X-Frame-Options", b"DENY"),
+    (b"Content-Security-Policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"Referrer-Policy", b"no-referrer"),
+    (b"Cache-Control", b"no-store"),
+)
+HSTS = (b"Strict-Transport-Security", b"max-age=31536000; includeSubDomains")
+JSON_TYPE = b"application/json"
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def json_bytes(body: Any) -> bytes:
+    return _encoder.encode(body).encode("utf-8")
+
+
+def write_json(
+    request: IRequest, status: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """Set the status and headers of a JSON answer; the caller returns the bytes."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    for name, value in headers:
+        request.setHeader(name, value)
+    return json_bytes(body)
+
+
+def security_event(kind: str, **fields: Any) -> None:
+    """Log a security event: an INFO event whose text is one JSON object (SPEC 10)."""
+    log.info("{security}", security=json.dumps({"event": kind, **fields}), security_event=kind)
+
+
+# Per-request facts the wrapper learns and the routes read.
+def principal_of(request: IRequest) -> str:
+    return cast(str, getattr(request, "_mcpgw_principal", "-"))
+
+
+def client_ip_of(request: IRequest) -> str:
+    return cast(str, getattr(request, "_mcpgw_ip", ""))
+
+
+class GatewayResource(Resource):
+    """The root: headers, authentication, then the Klein resource."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        inner: IResource,
+        credentials: Credentials,
+        *,
+        client_ip: Callable[[IRequest], str],
+        on_auth_failure: Callable[[str], Deferred[Any]] | None = None,
+    ) -> None:
+        """
+        @param client_ip: the client address of a request (peer, or X-Forwarded-For from a
+            trusted proxy).
+        @param on_auth_failure: called with the client IP after a failed authentication; may
+            fire with a ``RateLimited``-like error (anything with ``status``, ``body()`` and
+            ``retry_after``) to answer 429 instead of 401.
+        """
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._inner = inner
+        self._credentials = credentials
+        self._client_ip = client_ip
+        self._on_auth_failure = on_auth_failure
+
+    def render(self, request: IRequest) -> Any:
+        headers = request.responseHeaders
+        headers.removeHeader(b"server")
+        for name, value in SECURITY_HEADERS:
+            headers.setRawHeaders(name, [value])
+        if request.isSecure():
+            headers.setRawHeaders(HSTS[0], [HSTS[1]])
+        path = request.path
+        if path == b"/health":
+            return self._inner.render(request)
+        ip = self._client_ip(request)
+        setattr(request, "_mcpgw_ip", ip)  # noqa: B010
+        auth = request.requestHeaders.getRawHeaders(b"authorization")
+        webhook = request.method == b"POST" and path == b"/swaig"
+        principal = authenticate(auth[0] if auth else None, self._credentials, webhook=webhook)
+        if principal is not None:
+            setattr(request, "_mcpgw_principal", principal)  # noqa: B010
+            return self._inner.render(request)
+        security_event(
+            "auth_failed",
+            ip=ip,
+            method=request.method.decode("latin-1"),
+            path=path.decode("latin-1")[:256],
+        )
+        if self._on_auth_failure is None:
+            return self._unauthorized(request)
+        d = self._on_auth_failure(ip)
+        d.addCallbacks(
+            lambda _: self._finish(request, self._unauthorized(request)),
+            lambda f: self._finish(request, self._refused(request, f)),
+        )
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _unauthorized(request: IRequest) -> bytes:
+        return write_json(
+            request,
+            401,
+            {"error": "Authentication required"},
+            [(b"WWW-Authenticate", b'Basic realm="MCP Gateway"')],
+        )
+
+    @staticmethod
+    def _refused(request: IRequest, failure: Failure) -> bytes:
+        err = failure.value
+        status = getattr(err, "status", None)
+        if status != 429:
+            log.failure("while limiting a failed authentication", failure)
+            return GatewayResource._unauthorized(request)
+        extra = list(getattr(err, "headers", ()))
+        extra.append((b"Retry-After", str(getattr(err, "retry_after", 1)).encode()))
+        return write_json(request, 429, err.body(), extra)  # type: ignore[union-attr]
+
+    @staticmethod
+    def _finish(request: IRequest, body: bytes) -> None:
+        if getattr(request, "_disconnected", False):
+            return
+        request.write(body)
+        request.finish()
+
+
+class GatewayRequest(Request):
+    """A request that refuses bodies over its site's ``max_body_bytes`` early."""
+
+    _refused = False
+    _received = 0
+
+    def _limit(self) -> int:
+        site = getattr(self.channel, "site", None)
+        return cast(int, getattr(site, "max_body_bytes", 10 * 1024 * 1024))
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit():
+            self._refuse()
+            return
+        super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._limit():
+            self._refuse()
+            return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+    def process(self) -> None:
+        if self._refused:
+            return
+        super().process()  # type: ignore[no-untyped-call]
+
+    def _refuse(self) -> None:
+        """Answer 413 at once and close: the rest of the body is never read."""
+        import io
+
+        self._refused = True
+        self.content = io.BytesIO()
+        self.requestHeaders.removeHeader(b"expect")
+        body = json_bytes({"error": f"Request body too large (limit {self._limit()} bytes)"})
+        head = [b"HTTP/1.1 413 Payload Too Large", b"Content-Type: application/json"]
+        head += [name + b": " + value for name, value in SECURITY_HEADERS]
+        if self.isSecure():  # type: ignore[no-untyped-call]
+            head.append(HSTS[0] + b": " + HSTS[1])
+        head += [b"Content-Length: " + str(len(body)).encode(), b"Connection: close"]
+        transport = self.channel.transport
+        if transport is None:
+            return
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        transport.loseConnection()
+
+
+class GatewaySite(Site):
+    """Our request class, our body limit, no tracebacks, no access log."""
+
+    requestFactory = GatewayRequest
+    displayTracebacks = False
+
+    def __init__(self, resource: IResource, max_body_bytes: int, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)  # type: ignore[no-untyped-call]
+        self.max_body_bytes = max_body_bytes
+
+    def log(self, request: Any) -> None:
+        """No access log: the hot path logs nothing below INFO (tool calls are events)."""

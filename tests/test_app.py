@@ -1,0 +1,506 @@
+"""
+Tests for the HTTP API (L{mcpgw.app} behind L{mcpgw.web.GatewayResource}), through StubTreq
+against the real Klein resource, with fake MCP servers and a Clock.
+"""
+
+from __future__ import annotations
+
+import json
+from base64 import b64encode
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpgw.app import GatewayApp
+from mcpgw.auth import Credentials
+from mcpgw.catalog import ToolsCatalog
+from mcpgw.config import Config, parse_config
+from mcpgw.errors import CallTimeout, JsonRpcError
+from mcpgw.ratelimit import RateLimiter, client_ip
+from mcpgw.sessions import SessionManager
+from mcpgw.swaig_bridge import SwaigBridge
+from mcpgw.web import GatewayResource
+
+from .fakes import FakeFactory
+
+BASIC = "Basic " + b64encode(b"admin:s3cret").decode()
+BEARER = "Bearer tok-123"
+BASE = "http://127.0.0.1:8080"
+
+
+def make_config(**overrides: Any) -> Config:
+    data: dict[str, Any] = {
+        "server": {"auth_user": "admin", "auth_password": "s3cret", "auth_token": "tok-123"},
+        "services": {
+            "echo": {
+                "command": ["echo-server", "--secret-flag"],
+                "description": "Echo",
+                "env": {"API_KEY": "hidden"},
+            },
+            "other": {"command": ["other"]},
+            "off": {"command": ["off"], "enabled": False},
+        },
+        "rate_limiting": {
+            "default_limits": ["1000 per minute"],
+            "tools_limit": "1000 per minute",
+            "call_limit": "1000 per minute",
+            "session_delete_limit": "1000 per minute",
+        },
+        "session": {"max_sessions_per_service": 2},
+    }
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    return parse_config(data, {}, "/tmp", "test.json")
+
+
+class Gateway:
+    """The real resource tree wired to fakes."""
+
+    def __init__(self, testcase: SynchronousTestCase, **overrides: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(10_000)
+        self.factory = FakeFactory()
+        self.config = make_config(**overrides)
+        services = self.config.enabled_services
+        self.catalog = ToolsCatalog(services, self.factory)
+        self.sessions = SessionManager(self.clock, services, self.config.session, self.factory)
+        self.sessions.on_tools_changed = self.catalog.invalidate
+        self.limiter = RateLimiter(self.clock, self.config.rate_limiting)
+        self.swaig = SwaigBridge(self.config, self.catalog, self.sessions)
+        self.swaig.default_base = BASE
+        app = GatewayApp(
+            self.clock, self.config, self.sessions, self.catalog, self.limiter, self.swaig
+        )
+
+        def ip_of(request: Any) -> str:
+            return client_ip(getattr(request.getClientAddress(), "host", ""), None, ())
+
+        def auth_failed(ip: str) -> Any:
+            from mcpgw.errors import RateLimited
+
+            def decide(decision: Any) -> None:
+                if decision is not None and not decision.allowed:
+                    raise RateLimited(decision.limit.text, decision.retry_after_seconds)
+
+            return self.limiter.check("default", "-", ip).addCallback(decide)
+
+        root = GatewayResource(
+            app.resource(),
+            Credentials.from_config(self.config),
+            client_ip=ip_of,
+            on_auth_failure=auth_failed,
+        )
+        self.stub = StubTreq(root)
+        self.testcase = testcase
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        auth: str | None = BASIC,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> Any:
+        h = {"Content-Type": "application/json"}
+        if auth:
+            h["Authorization"] = auth
+        h.update(headers or {})
+        data = (
+            raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        )
+        d = self.stub.request(method, BASE + path, headers=h, data=data)
+        return self.testcase.successResultOf(d)
+
+    def json(self, response: Any) -> Any:
+        return json.loads(self.testcase.successResultOf(response.content()))
+
+    def call(self, body: dict[str, Any], service: str = "echo", **kw: Any) -> Any:
+        return self.request("POST", f"/services/{service}/call", body, **kw)
+
+
+class HealthAndAuthTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.gw = Gateway(self)
+
+    def test_health_no_auth(self) -> None:
+        """GET /health needs no credentials and reports status, timestamp and version."""
+        r = self.gw.request("GET", "/health", auth=None)
+        self.assertEqual(r.code, 200)
+        body = self.gw.json(r)
+        self.assertEqual(body["status"], "healthy")
+        self.assertIn("timestamp", body)
+        self.assertIn("version", body)
+
+    def test_security_headers_everywhere(self) -> None:
+        """Every response, errors included, has the security headers and no Server header."""
+        for method, path, auth in [
+            ("GET", "/health", None),
+            ("GET", "/nope", None),
+            ("GET", "/nope", BASIC),
+            ("GET", "/services", BASIC),
+        ]:
+            r = self.gw.request(method, path, auth=auth)
+            h = r.headers
+            self.assertEqual(h.getRawHeaders("X-Content-Type-Options"), ["nosniff"])
+            self.assertEqual(h.getRawHeaders("X-Frame-Options"), ["DENY"])
+            self.assertEqual(h.getRawHeaders("Cache-Control"), ["no-store"])
+            self.assertEqual(h.getRawHeaders("Referrer-Policy"), ["no-referrer"])
+            self.assertEqual(
+                h.getRawHeaders("Content-Security-Policy"),
+                ["default-src 'none'; frame-ancestors 'none'"],
+            )
+            self.assertIsNone(h.getRawHeaders("Server"))
+            self.assertIsNone(h.getRawHeaders("Strict-Transport-Security"))
+
+    def test_unauthenticated_401_before_404(self) -> None:
+        """Without credentials every route but /health is 401, even an unknown one."""
+        for path in ["/services", "/nope", "/sessions"]:
+            r = self.gw.request("GET", path, auth=None)
+            self.assertEqual(r.code, 401)
+            self.assertEqual(self.gw.json(r), {"error": "Authentication required"})
+            self.assertEqual(
+                r.headers.getRawHeaders("WWW-Authenticate"), ['Basic realm="MCP Gateway"']
+            )
+
+    def test_bad_credentials(self) -> None:
+        """Wrong passwords, malformed and non-ASCII credentials are a 401, never a crash."""
+        bad = [
+            "Basic " + b64encode(b"admin:wrong").decode(),
+            "Basic " + b64encode("admin:pässwörd".encode()).decode(),
+            "Basic !!!notbase64",
+            "Basic " + b64encode(b"nocolon").decode(),
+            "Bearer wrong",
+            "Digest abc",
+        ]
+        for auth in bad:
+            r = self.gw.request("GET", "/services", auth=auth)
+            self.assertEqual(r.code, 401, auth)
+
+    def test_bearer(self) -> None:
+        """The Bearer token authenticates."""
+        self.assertEqual(self.gw.request("GET", "/services", auth=BEARER).code, 200)
+
+    def test_failed_auth_rate_limited(self) -> None:
+        """Failed authentications count against default_limits of (-, IP): then 429."""
+        gw = Gateway(self, rate_limiting={"default_limits": ["3 per minute"]})
+        codes = [gw.request("GET", "/services", auth="Bearer x").code for _ in range(5)]
+        self.assertEqual(codes, [401, 401, 401, 429, 429])
+        r = gw.request("GET", "/services", auth="Bearer x")
+        self.assertIsNotNone(r.headers.getRawHeaders("Retry-After"))
+
+    def test_not_found_and_method(self) -> None:
+        """Unknown routes are a JSON 404; a wrong method a JSON 405 with Allow."""
+        r = self.gw.request("GET", "/nope")
+        self.assertEqual(r.code, 404)
+        self.assertIn("error", self.gw.json(r))
+        r = self.gw.request("PUT", "/services")
+        self.assertEqual(r.code, 405)
+        self.assertIn("GET", r.headers.getRawHeaders("Allow")[0])
+        self.assertIn("error", self.gw.json(r))
+
+    def test_services_hide_command_and_env(self) -> None:
+        """GET /services lists enabled services without their argv or environment."""
+        r = self.gw.request("GET", "/services")
+        body = self.gw.json(r)
+        self.assertEqual(set(body), {"echo", "other"})
+        self.assertEqual(body["echo"]["description"], "Echo")
+        text = json.dumps(body)
+        self.assertNotIn("secret-flag", text)
+        self.assertNotIn("hidden", text)
+        self.assertNotIn("command", text)
+
+
+class ToolsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.gw = Gateway(self)
+
+    def test_tools_from_catalog(self) -> None:
+        """Tools come from one probe; later listings start no process."""
+        self.successResultOf(self.gw.catalog.probe_all())
+        made = len(self.gw.factory.servers)
+        for _ in range(3):
+            r = self.gw.request("GET", "/services/echo/tools")
+            self.assertEqual(r.code, 200)
+            body = self.gw.json(r)
+            self.assertEqual(body["service"], "echo")
+            self.assertEqual(body["tools"][0]["name"], "echo")
+        self.assertEqual(len(self.gw.factory.servers), made)
+        self.assertTrue(all(s.stopped for s in self.gw.factory.servers))
+
+    def test_unknown_and_disabled_service(self) -> None:
+        """Unknown or disabled services are 404 'Unknown service: <name>'."""
+        for name in ["nope", "off"]:
+            r = self.gw.request("GET", f"/services/{name}/tools")
+            self.assertEqual(r.code, 404)
+            self.assertEqual(self.gw.json(r), {"error": f"Unknown service: {name}"})
+
+    def test_failed_probe_503_then_reprobe(self) -> None:
+        """A failed probe answers 503 naming the failure; asking again re-probes."""
+        self.gw.factory.tools_error = "spawn failed: no such file"
+        self.successResultOf(self.gw.catalog.probe_all())
+        r = self.gw.request("GET", "/services/echo/tools")
+        self.assertEqual(r.code, 503)
+        self.assertIn("no such file", self.gw.json(r)["error"])
+        self.gw.factory.tools_error = None
+        r = self.gw.request("GET", "/services/echo/tools")
+        self.assertEqual(r.code, 200)
+
+    def test_list_changed_reprobes(self) -> None:
+        """tools/list_changed from a session re-probes the service's catalog."""
+        self.successResultOf(self.gw.catalog.probe_all())
+        self.gw.factory.tools = [{"name": "new", "inputSchema": {"type": "object"}}]
+        self.gw.call({"tool": "echo", "session_id": "s"})
+        session_server = self.gw.factory.servers[-1]
+        assert session_server.on_tools_changed is not None
+        session_server.on_tools_changed()
+        body = self.gw.json(self.gw.request("GET", "/services/echo/tools"))
+        self.assertEqual([t["name"] for t in body["tools"]], ["new"])
+
+
+class CallTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.gw = Gateway(self)
+
+    def assertError(self, response: Any, code: int, message: str) -> None:
+        self.assertEqual(response.code, code)
+        self.assertEqual(self.gw.json(response)["error"], message)
+
+    def test_success_shape(self) -> None:
+        """A call answers the first text item as result, plus mcp_result and is_error."""
+        r = self.gw.call({"tool": "echo", "session_id": "s1", "arguments": {"text": "hi"}})
+        self.assertEqual(r.code, 200)
+        body = self.gw.json(r)
+        self.assertEqual(body["result"], "echo:{'text': 'hi'}")
+        self.assertEqual(body["service"], "echo")
+        self.assertEqual(body["session_id"], "s1")
+        self.assertEqual(body["tool"], "echo")
+        self.assertFalse(body["is_error"])
+        self.assertFalse(body["session_restarted"])
+        self.assertEqual(body["mcp_result"]["content"][0]["type"], "text")
+
+    def test_validation(self) -> None:
+        """Every SPEC 4.1 check answers 400 with its message."""
+        cases: list[tuple[Any, str]] = [
+            ({"session_id": "s"}, "Missing 'tool' parameter"),
+            ({"tool": "", "session_id": "s"}, "Missing 'tool' parameter"),
+            ({"tool": "echo"}, "Missing 'session_id' parameter"),
+            (
+                {"tool": "echo", "session_id": "s", "arguments": [1]},
+                "Invalid 'arguments' parameter",
+            ),
+            (
+                {"tool": "echo", "session_id": "s", "arguments": "x"},
+                "Invalid 'arguments' parameter",
+            ),
+            ({"tool": "echo", "session_id": "s", "timeout": True}, "Invalid 'timeout' parameter"),
+            ({"tool": "echo", "session_id": "s", "timeout": 0}, "Invalid 'timeout' parameter"),
+            ({"tool": "echo", "session_id": "s", "timeout": 3601}, "Invalid 'timeout' parameter"),
+            ({"tool": "echo", "session_id": "s", "timeout": "10"}, "Invalid 'timeout' parameter"),
+            ({"tool": "echo", "session_id": "s", "metadata": [1]}, "Invalid 'metadata' parameter"),
+            (
+                {"tool": "echo", "session_id": "s", "call_timeout": -1},
+                "Invalid 'call_timeout' parameter",
+            ),
+            (
+                {"tool": "echo", "session_id": "s", "call_timeout": False},
+                "Invalid 'call_timeout' parameter",
+            ),
+            ({"tool": "echo", "session_id": "../etc"}, "Invalid session ID"),
+            ({"tool": "echo", "session_id": ".."}, "Invalid session ID"),
+            ({"tool": "echo", "session_id": "a b"}, "Invalid session ID"),
+            ({"tool": "echo", "session_id": "x" * 129}, "Invalid session ID"),
+            ({"tool": "echo", "session_id": "ok\n"}, "Invalid session ID"),
+            ({"tool": "echo", "session_id": 12}, "Invalid session ID"),
+            ({"tool": "e\x00cho", "session_id": "s"}, "Invalid tool name"),
+            ({"tool": "t" * 129, "session_id": "s"}, "Invalid tool name"),
+            ({"tool": 5, "session_id": "s"}, "Invalid tool name"),
+        ]
+        for body, message in cases:
+            self.assertError(self.gw.call(body), 400, message)
+        self.assertEqual(self.gw.factory.servers, [])
+
+    def test_bad_json(self) -> None:
+        """Malformed JSON and non-object bodies are 400 'Invalid JSON'."""
+        for raw in [b"{not json", b"[1,2]", b"", b'"text"']:
+            self.assertError(self.gw.call({}, raw=raw), 400, "Invalid JSON")
+
+    def test_content_type(self) -> None:
+        """A body that is not application/json is refused with 415."""
+        r = self.gw.call(
+            {"tool": "echo", "session_id": "s"}, headers={"Content-Type": "text/plain"}
+        )
+        self.assertEqual(r.code, 415)
+        r = self.gw.call(
+            {"tool": "echo", "session_id": "s"},
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        self.assertEqual(r.code, 200)
+
+    def test_body_too_large(self) -> None:
+        """A body over max_body_bytes is 413 (the app checks what StubTreq lets through)."""
+        gw = Gateway(self, server={"max_body_bytes": 100})
+        r = gw.call({"tool": "echo", "session_id": "s", "arguments": {"t": "x" * 200}})
+        self.assertEqual(r.code, 413)
+
+    def test_unknown_service(self) -> None:
+        """An unknown or disabled service is 404."""
+        self.assertError(
+            self.gw.call({"tool": "echo", "session_id": "s"}, service="off"),
+            404,
+            "Unknown service: off",
+        )
+
+    def test_jsonrpc_errors(self) -> None:
+        """-32601/-32602 map to 400, other codes to 422, with the MCP error kept."""
+        self.gw.factory.auto_answer = False
+        for code, status in [(-32602, 400), (-32601, 400), (-32000, 422), (5, 422)]:
+            d = self.gw.stub.request(
+                "POST",
+                BASE + "/services/echo/call",
+                headers={"Authorization": BASIC, "Content-Type": "application/json"},
+                data=json.dumps({"tool": "echo", "session_id": "s"}).encode(),
+            )
+            server = self.gw.factory.servers[0]
+            server.calls[-1][3].errback(JsonRpcError(code, "Unknown tool: echo", {"x": 1}))
+            self.gw.stub.flush()
+            r = self.successResultOf(d)
+            self.assertEqual(r.code, status)
+            body = self.gw.json(r)
+            self.assertEqual(body["error"], "Unknown tool: echo")
+            self.assertEqual(
+                body["mcp_error"],
+                {"code": code, "message": "Unknown tool: echo", "data": {"x": 1}},
+            )
+
+    def pending_call(self, sid: str = "s") -> Any:
+        self.gw.factory.auto_answer = False
+        return self.gw.stub.request(
+            "POST",
+            BASE + "/services/echo/call",
+            headers={"Authorization": BASIC, "Content-Type": "application/json"},
+            data=json.dumps({"tool": "echo", "session_id": sid, "call_timeout": 5}).encode(),
+        )
+
+    def test_timeout_504(self) -> None:
+        """A call timeout is 504 and keeps the session."""
+        d = self.pending_call()
+        server = self.gw.factory.servers[0]
+        self.assertEqual(server.calls[0][2], 5)
+        server.calls[0][3].errback(CallTimeout(5))
+        self.gw.stub.flush()
+        r = self.successResultOf(d)
+        self.assertError(r, 504, "Tool call timed out after 5 s")
+        self.assertEqual(len(self.gw.sessions), 1)
+
+    def test_child_death_502_then_restart(self) -> None:
+        """A child dying mid-call is 502 naming the exit; the next call is restarted."""
+        d = self.pending_call()
+        self.gw.factory.servers[0].die("killed by signal 9")
+        self.gw.stub.flush()
+        r = self.successResultOf(d)
+        self.assertEqual(r.code, 502)
+        self.assertIn("signal 9", self.gw.json(r)["error"])
+        self.gw.factory.auto_answer = True
+        body = self.gw.json(self.gw.call({"tool": "echo", "session_id": "s"}))
+        self.assertTrue(body["session_restarted"])
+
+    def test_closed_while_waiting_409(self) -> None:
+        """DELETE while a call waits: the call answers 409, DELETE answers 200 at once."""
+        d = self.pending_call()
+        r = self.gw.request("DELETE", "/sessions/s")
+        self.assertEqual(r.code, 200)
+        self.assertEqual(self.gw.json(r), {"message": "Session s closed"})
+        self.gw.stub.flush()
+        self.assertError(self.successResultOf(d), 409, "Session s was closed")
+
+    def test_session_limit_429(self) -> None:
+        """Over max_sessions_per_service: 429 with Retry-After, no process made."""
+        for sid in ["a", "b"]:
+            self.assertEqual(self.gw.call({"tool": "echo", "session_id": sid}).code, 200)
+        r = self.gw.call({"tool": "echo", "session_id": "c"})
+        self.assertEqual(r.code, 429)
+        self.assertIsNotNone(r.headers.getRawHeaders("Retry-After"))
+        self.assertEqual(len(self.gw.factory.servers), 2)
+
+    def test_call_timeout_capped(self) -> None:
+        """A call_timeout above the service's is capped to the service's."""
+        self.gw.call({"tool": "echo", "session_id": "s", "call_timeout": 999})
+        self.assertEqual(self.gw.factory.servers[0].calls[0][2], 25)
+
+    def test_rate_limit(self) -> None:
+        """Calls over call_limit are 429 with Retry-After; RateLimit-* on every answer."""
+        gw = Gateway(self, rate_limiting={"call_limit": "2 per minute"})
+        first = gw.call({"tool": "echo", "session_id": "s"})
+        self.assertEqual(first.headers.getRawHeaders("RateLimit-Limit"), ["2"])
+        self.assertEqual(first.headers.getRawHeaders("RateLimit-Remaining"), ["1"])
+        gw.call({"tool": "echo", "session_id": "s"})
+        r = gw.call({"tool": "echo", "session_id": "s"})
+        self.assertEqual(r.code, 429)
+        self.assertEqual(gw.json(r), {"error": "Rate limit exceeded: 2 per minute"})
+        self.assertEqual(r.headers.getRawHeaders("Retry-After"), ["30"])
+        gw.clock.advance(30)
+        self.assertEqual(gw.call({"tool": "echo", "session_id": "s"}).code, 200)
+
+    def test_health_never_limited(self) -> None:
+        """/health is never rate limited."""
+        gw = Gateway(self, rate_limiting={"default_limits": ["1 per minute"]})
+        codes = {gw.request("GET", "/health", auth=None).code for _ in range(5)}
+        self.assertEqual(codes, {200})
+
+
+class SessionRouteTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.gw = Gateway(self)
+
+    def test_post_sessions(self) -> None:
+        """POST /sessions creates (201) then finds (200) a session, starting its server."""
+        body = {"service": "echo", "session_id": "call-1", "timeout": 60, "metadata": {"a": 1}}
+        r = self.gw.request("POST", "/sessions", body)
+        self.assertEqual(r.code, 201)
+        got = self.gw.json(r)
+        self.assertEqual(
+            (got["service"], got["session_id"], got["timeout"], got["metadata"]),
+            ("echo", "call-1", 60, {"a": 1}),
+        )
+        self.assertEqual(len(self.gw.factory.servers), 1)
+        self.assertEqual(self.gw.request("POST", "/sessions", body).code, 200)
+        self.assertEqual(len(self.gw.factory.servers), 1)
+
+    def test_post_sessions_validation(self) -> None:
+        """POST /sessions validates service, session id, timeout and metadata."""
+        cases = [
+            ({"session_id": "x"}, 400),
+            ({"service": "nope", "session_id": "x"}, 404),
+            ({"service": "echo"}, 400),
+            ({"service": "echo", "session_id": "../x"}, 400),
+            ({"service": "echo", "session_id": "x", "timeout": -1}, 400),
+        ]
+        for body, code in cases:
+            self.assertEqual(self.gw.request("POST", "/sessions", body).code, code, body)
+
+    def test_list_and_filter(self) -> None:
+        """GET /sessions is keyed by id with every service; ?service= filters."""
+        self.gw.call({"tool": "echo", "session_id": "x"})
+        self.gw.call({"tool": "echo", "session_id": "x"}, service="other")
+        self.gw.call({"tool": "echo", "session_id": "y"}, service="other")
+        body = self.gw.json(self.gw.request("GET", "/sessions"))
+        self.assertEqual(set(body), {"x", "y"})
+        self.assertEqual(set(body["x"]["services"]), {"echo", "other"})
+        body = self.gw.json(self.gw.request("GET", "/sessions?service=echo"))
+        self.assertEqual(set(body), {"x"})
+        self.assertEqual(set(body["x"]["services"]), {"echo"})
+
+    def test_delete(self) -> None:
+        """DELETE closes every service's session of the id; unknown ids are 404."""
+        self.gw.call({"tool": "echo", "session_id": "x"})
+        self.gw.call({"tool": "echo", "session_id": "x"}, service="other")
+        r = self.gw.request("DELETE", "/sessions/x")
+        self.assertEqual(r.code, 200)
+        self.assertTrue(all(s.stopped for s in self.gw.factory.servers))
+        r = self.gw.request("DELETE", "/sessions/x")
+        self.assertEqual(r.code, 404)
+        self.assertEqual(self.gw.json(r), {"error": "Session x not found"})

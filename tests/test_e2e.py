@@ -1,0 +1,129 @@
+"""
+End-to-end tests: the real ``mcp-gateway`` command on a free loopback port, serving the
+shipped example MCP server, driven with treq over real HTTP and HTTPS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+import treq
+from twisted.internet import reactor, ssl
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+from .configs import PASSWORD, USER, gateway_config
+from .gateway_process import GatewayProcess, gateway_argv, processes_under
+from .tls import make_chain
+
+AUTH = (USER, PASSWORD)
+# No keep-alive: nothing of the client outlives a test (trial's dirty reactor check).
+http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class EndToEndTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.sandbox = os.path.join(self.dir, "sandbox")
+
+    def start(self, argv: list[str] | None = None, **overrides: Any) -> GatewayProcess:
+        config = gateway_config(self.dir, **overrides)
+        gw = GatewayProcess.start(argv or gateway_argv(config), cwd=self.dir)
+        self.addCleanup(gw.stop)
+        return gw
+
+    async def call(self, url: str, tool: str, sid: str, args: Any = None, **kw: Any) -> Any:
+        body = {"tool": tool, "session_id": sid, "arguments": args or {}}
+        client = kw.pop("client", http)
+        r = await client.post(f"{url}/services/notes/call", json=body, auth=AUTH)
+        return r.code, json.loads(await r.text())
+
+    async def test_plain(self) -> None:
+        """
+        The command serves the example server over HTTP: tools, calls keeping state within
+        a session and not across sessions, DELETE, and a clean SIGTERM with no child left.
+        """
+        gw = self.start()
+        url = await gw.url
+        self.assertTrue(url.startswith("http://127.0.0.1:"))
+        health = await http.get(f"{url}/health")
+        self.assertEqual(health.code, 200)
+        r = await http.get(f"{url}/services/notes/tools", auth=AUTH)
+        self.assertEqual(r.code, 200)
+        names = [t["name"] for t in json.loads(await r.text())["tools"]]
+        self.assertIn("add_note", names)
+        for text in ("milk", "eggs"):
+            code, body = await self.call(url, "add_note", "call-a", {"text": text})
+            self.assertEqual(code, 200, body)
+        code, body = await self.call(url, "list_notes", "call-a")
+        self.assertEqual(body["result"], "1. milk\n2. eggs")
+        code, body = await self.call(url, "list_notes", "call-b")
+        self.assertEqual(body["result"], "No notes yet.")
+        self.assertTrue(processes_under(self.sandbox))
+        r = await http.delete(f"{url}/sessions/call-a", auth=AUTH)
+        self.assertEqual(r.code, 200)
+        self.assertEqual(await gw.stop(), 0)
+        self.assertEqual(processes_under(self.sandbox), [])
+        self.assertEqual(os.listdir(self.sandbox), [])
+        self.assertIn("listening on http://127.0.0.1:", gw.output())
+
+    async def test_tls_with_chain(self) -> None:
+        """
+        With certs/server.pem (key, certificate, intermediate) the same port serves HTTPS,
+        the chain is served (the client trusts only the root) and HSTS is sent.
+        """
+        root_pem = make_chain(os.path.join(self.dir, "certs", "server.pem"))
+        gw = self.start()
+        url = await gw.url
+        self.assertTrue(url.startswith("https://127.0.0.1:"), url)
+        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(root_pem))
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        client = treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+        r = await client.get(f"{url}/health")
+        self.assertEqual(r.code, 200)
+        self.assertEqual(
+            r.headers.getRawHeaders("Strict-Transport-Security"),
+            ["max-age=31536000; includeSubDomains"],
+        )
+        code, body = await self.call(url, "add_note", "s", {"text": "x"}, client=client)
+        self.assertEqual(code, 200, body)
+        self.assertEqual(await gw.stop(), 0)
+
+    async def test_port_in_use_exit_2(self) -> None:
+        """A port that cannot be bound exits 2 with one line naming server.port."""
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        gw = self.start(server={"port": taken.getsockname()[1]})
+        code = await gw.ended
+        self.assertEqual(code, 2)
+        lines = gw.stderr.decode().strip().splitlines()
+        self.assertEqual(len(lines), 1, gw.output())
+        self.assertIn("server.port", lines[0])
+        self.assertNotIn(b"Traceback", gw.stderr)
+
+    async def test_twistd_poll_reactor(self) -> None:
+        """``twistd --reactor=poll mcp-gateway -c CONFIG`` serves too (plugin discovery)."""
+        config = gateway_config(self.dir)
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--reactor=poll", "--pidfile=", "mcp-gateway", "-c", config]
+        gw = GatewayProcess.start(argv, cwd=REPO)
+        self.addCleanup(gw.stop)
+        url = await gw.url
+        code, body = await self.call(url, "word_count", "w", {"text": "a b c"})
+        self.assertEqual(code, 200, body)
+        self.assertEqual(body["mcp_result"]["structuredContent"]["words"], 3)
+        self.assertIn("PollReactor", gw.output())
+        await gw.stop()
+        # twistd's own convention: it ends by re-raising the SIGTERM it received.
+        self.assertIn((gw.exit_code, gw.signal), [(0, None), (None, 15)])
+        self.assertEqual(processes_under(self.sandbox), [])

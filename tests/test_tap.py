@@ -1,0 +1,80 @@
+"""
+Tests for the twistd plugin and L{mcpgw.tap}: discovery, options, a dropin importing nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mcpgw.tap import Options
+
+from .configs import gateway_config
+
+
+class PluginTests(SynchronousTestCase):
+    def test_discovered(self) -> None:
+        """getPlugins(IServiceMaker) finds mcp-gateway, a valid IServiceMaker."""
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("mcp-gateway", makers)
+        self.assertTrue(verifyObject(IServiceMaker, makers["mcp-gateway"]))
+
+    def test_dropin_imports_nothing(self) -> None:
+        """Loading the dropin imports no reactor and nothing of ours (--reactor works)."""
+        code = (
+            "import sys, twisted.plugins.mcpgw_plugin as p;"
+            "print('twisted.internet.reactor' in sys.modules,"
+            " any(m.startswith('mcpgw') or m.startswith('klein') for m in sys.modules))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        self.assertEqual(out.stdout.split(), ["False", "False"])
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults_and_config(self) -> None:
+        """-c names the config; it is loaded and validated while parsing."""
+        path = gateway_config(self.mktemp_dir())
+        options = Options()
+        options.parseOptions(["-c", path])
+        config = options["gateway_config"]
+        self.assertEqual(
+            dict(options), {"config": path, "gateway_config": config}
+        )
+        self.assertEqual(list(config.services), ["notes"])
+
+    def test_bad_config_usage_error(self) -> None:
+        """A config mistake is a usage error: one line naming the file and the key."""
+        directory = self.mktemp_dir()
+        path = gateway_config(directory, server={"port": "eighty"})
+        options = Options()
+        e = self.assertRaises(usage.UsageError, options.parseOptions, ["-c", path])
+        self.assertIn("server.port", str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_missing_config(self) -> None:
+        """A missing config file is a usage error naming it."""
+        e = self.assertRaises(
+            usage.UsageError, Options().parseOptions, ["-c", "/nonexistent/config.json"]
+        )
+        self.assertIn("/nonexistent/config.json", str(e))
+
+    def mktemp_dir(self) -> str:
+        import os
+
+        path = self.mktemp()
+        os.makedirs(path)
+        return os.path.abspath(path)

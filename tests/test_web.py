@@ -1,0 +1,100 @@
+"""
+Tests for L{mcpgw.web} over real loopback HTTP: the early 413 of L{GatewayRequest} (which
+StubTreq cannot show, since it builds its own Site) and the headers of L{GatewayResource}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+
+from mcpgw.auth import Credentials
+from mcpgw.web import GatewayResource, GatewaySite
+
+
+class Echo(Resource):
+    """Answers with the length of the body it read."""
+
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> bytes:
+        self.bodies.append(request.content.read())
+        return b"%d" % len(self.bodies[-1])
+
+    bodies: list[bytes] = []
+
+
+class RawClient(Protocol):
+    """Writes raw bytes and collects everything until the server closes."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received = b""
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed.callback(self.received)
+
+
+class BodyLimitTests(TestCase):
+    def setUp(self) -> None:
+        Echo.bodies = []
+        root = GatewayResource(
+            Echo(),
+            Credentials(basic=(b"u", b"p")),
+            client_ip=lambda r: "127.0.0.1",
+        )
+        self.site = GatewaySite(root, max_body_bytes=1000)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    async def exchange(self, payload: bytes) -> bytes:
+        client = RawClient(payload)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
+        await connectProtocol(endpoint, client)
+        return await client.closed
+
+    def head(self, extra: bytes) -> bytes:
+        return (
+            b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic dTpw\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n" + extra + b"\r\n"
+        )
+
+    async def test_declared_length_refused_before_body(self) -> None:
+        """A Content-Length over the limit is answered 413 without sending the body."""
+        answer = await self.exchange(self.head(b"Content-Length: 1000000000\r\n"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertIn(b"X-Content-Type-Options: nosniff", answer)
+        self.assertIn(b'"error"', answer)
+        self.assertEqual(Echo.bodies, [])
+
+    async def test_chunked_counted(self) -> None:
+        """A chunked body is counted as it arrives and refused once over the limit."""
+        chunk = b"%x\r\n%s\r\n" % (600, b"a" * 600)
+        payload = self.head(b"Transfer-Encoding: chunked\r\n") + chunk * 3 + b"0\r\n\r\n"
+        answer = await self.exchange(payload)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertEqual(Echo.bodies, [])
+
+    async def test_within_limit(self) -> None:
+        """A body within the limit reaches the application, with the security headers."""
+        answer = await self.exchange(self.head(b"Content-Length: 10\r\n") + b"0123456789")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        self.assertTrue(answer.endswith(b"10"))
+        self.assertIn(b"Cache-Control: no-store", answer)
+        self.assertNotIn(b"Server:", answer)
+        self.assertEqual(Echo.bodies, [b"0123456789"])
