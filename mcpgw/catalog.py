@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpgw.config import ServiceConfig
 from mcpgw.errors import ServiceUnavailable, UnknownService
-from mcpgw.servers import ServerFactory
+from mcpgw.servers import RunningServer, ServerFactory
 
 log = Logger()
 
@@ -35,11 +36,22 @@ class _Entry:
     stale: bool = False
 
 
-class ToolsCatalog:
+class ToolsCatalog(Service):
+    """A ``Service`` so that shutdown stops the probes still running."""
+
     def __init__(self, services: Mapping[str, ServiceConfig], server_factory: ServerFactory):
         self._services = {n: s for n, s in services.items() if s.enabled}
         self._factory = server_factory
         self._entries: dict[str, _Entry] = {name: _Entry() for name in self._services}
+        self._probes: set[RunningServer] = set()
+        self._closed = False
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self._closed = True
+        stops = [server.stop() for server in list(self._probes)]
+        d: Deferred[Any] = DeferredList(stops, consumeErrors=True)
+        return d.addCallback(lambda _: None)
 
     def probe_all(self) -> Deferred[None]:
         """Probe every service concurrently; fires when all probes have ended."""
@@ -94,7 +106,10 @@ class ToolsCatalog:
     async def _run_probe(self, name: str, entry: _Entry) -> None:
         svc = self._services[name]
         server = self._factory(svc)
+        self._probes.add(server)
         try:
+            if self._closed:
+                raise ServiceUnavailable("the gateway is shutting down")
             await server.start()
             tools = await server.list_tools()
         except Exception as e:  # noqa: BLE001 - logged; one failure must not stop the rest
@@ -108,6 +123,7 @@ class ToolsCatalog:
                 await server.stop()
             except Exception:  # noqa: BLE001 - logged; one failure must not stop the rest
                 log.failure("while stopping the probe of {service}", Failure(), service=name)
+            self._probes.discard(server)
         waiters, entry.waiters = entry.waiters or [], None
         if entry.stale:
             # The tools changed during this probe: its waiters get the next one's answer.

@@ -87,6 +87,7 @@ def build_service(
     factory = server_factory or mcp_server_factory(reactor, config.session.sandbox_dir, environ)
     services = config.enabled_services
     catalog = ToolsCatalog(services, factory)
+    catalog.setServiceParent(top)  # type: ignore[no-untyped-call]
     sessions = SessionManager(reactor, services, config.session, factory)
     sessions.on_tools_changed = catalog.invalidate
     sessions.setServiceParent(top)  # type: ignore[no-untyped-call]

@@ -114,8 +114,17 @@ class EndToEndTests(TestCase):
     async def test_twistd_poll_reactor(self) -> None:
         """``twistd --reactor=poll mcp-gateway -c CONFIG`` serves too (plugin discovery)."""
         config = gateway_config(self.dir)
-        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--reactor=poll", "--pidfile=", "mcp-gateway", "-c", config]
+        argv = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--reactor=poll",
+            "--pidfile=",
+            "mcp-gateway",
+            "-c",
+            config,
+        ]
         gw = GatewayProcess.start(argv, cwd=REPO)
         self.addCleanup(gw.stop)
         url = await gw.url

@@ -51,9 +51,7 @@ class OptionsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["-c", path])
         config = options["gateway_config"]
-        self.assertEqual(
-            dict(options), {"config": path, "gateway_config": config}
-        )
+        self.assertEqual(dict(options), {"config": path, "gateway_config": config})
         self.assertEqual(list(config.services), ["notes"])
 
     def test_bad_config_usage_error(self) -> None:
