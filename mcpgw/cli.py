@@ -66,7 +66,7 @@ def main(
         print(str(e), file=sys.stderr)
         return 2
     if args.check:
-        print(config.summary())
+        print(config.summary(args.config))
         return 0
     logs.stdout_level = config.logging.level
     options = ShimOptions()  # type: ignore[no-untyped-call]

@@ -136,3 +136,48 @@ class EndToEndTests(TestCase):
         # twistd's own convention: it ends by re-raising the SIGTERM it received.
         self.assertIn((gw.exit_code, gw.signal), [(0, None), (None, 15)])
         self.assertEqual(processes_under(self.sandbox), [])
+
+
+class RealPyPIServerTests(TestCase):
+    timeout = 120
+
+    async def test_pypi_servers_state_per_session(self) -> None:
+        """
+        The real command serves PyPI servers: ``mcp-server-time`` answers a real call, and a
+        server on the official MCP SDK keeps state across calls of one session only.
+        """
+        from .test_real_servers import time_server
+
+        time_path = time_server()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        counter = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sdk_counter_server.py")
+        config = gateway_config(
+            directory,
+            services={
+                "time": {"command": [time_path, "--local-timezone", "UTC"]},
+                "counter": {"command": [sys.executable, counter]},
+            },
+        )
+        gw = GatewayProcess.start(gateway_argv(config), cwd=directory)
+        self.addCleanup(gw.stop)
+        url = await gw.url
+
+        async def call(service: str, tool: str, sid: str, args: Any = None) -> Any:
+            body = {"tool": tool, "session_id": sid, "arguments": args or {}}
+            r = await http.post(f"{url}/services/{service}/call", json=body, auth=AUTH)
+            self.assertEqual(r.code, 200)
+            return json.loads(await r.text())
+
+        body = await call("time", "get_current_time", "call-1", {"timezone": "Europe/Paris"})
+        self.assertEqual(body["mcp_result"]["structuredContent"]["timezone"], "Europe/Paris")
+        self.assertEqual(
+            [(await call("counter", "incr", "call-1"))["result"] for _ in range(3)],
+            ["1", "2", "3"],
+        )
+        self.assertEqual((await call("counter", "incr", "call-2"))["result"], "1")
+        r = await http.get(f"{url}/sessions", auth=AUTH)
+        sessions = json.loads(await r.text())
+        self.assertEqual(set(sessions["call-1"]["services"]), {"time", "counter"})
+        self.assertEqual(await gw.stop(), 0)
+        self.assertEqual(processes_under(os.path.join(directory, "sandbox")), [])
