@@ -151,12 +151,12 @@ class Config:
         return (
             f"{label if label is not None else self.source}: OK: {services}, "
             f"listening on {host}:{server.port}, tls {server.tls}, "
-            f"auth {'+'.join(schemes)}, rate limits {_redact(self.rate_limiting.storage_uri)}"
+            f"auth {'+'.join(schemes)}, rate limits {redact_uri(self.rate_limiting.storage_uri)}"
         )
 
 
-def _redact(uri: str) -> str:
-    """``uri`` without the password of its userinfo (for messages)."""
+def redact_uri(uri: str) -> str:
+    """``uri`` without the password of its userinfo (for messages and logs)."""
     scheme, sep, rest = uri.partition("://")
     userinfo, at, hostpart = rest.rpartition("@")
     if not at:

@@ -33,6 +33,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from mcpgw.config import redact_uri
 from mcpgw.ratelimit import Decision, Limit, decide
 
 # KEYS: one bucket per limit. ARGV: capacity and period (microseconds) per limit.
@@ -94,17 +95,17 @@ def parse_redis_uri(uri: str) -> RedisTarget:
         parts = urlsplit(uri)
         port = parts.port
     except ValueError as e:
-        raise ValueError(f"invalid storage_uri {_redact(uri)!r}: {e}; {expected}") from None
+        raise ValueError(f"invalid storage_uri {redact_uri(uri)!r}: {e}; {expected}") from None
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"unsupported storage_uri {_redact(uri)!r}: {expected}")
+        raise ValueError(f"unsupported storage_uri {redact_uri(uri)!r}: {expected}")
     if parts.query or parts.fragment:
-        raise ValueError(f"invalid storage_uri {_redact(uri)!r}: no query or fragment allowed")
+        raise ValueError(f"invalid storage_uri {redact_uri(uri)!r}: no query or fragment allowed")
     db: int | None = None
     path = parts.path.strip("/")
     if path:
         if not path.isdigit():
             raise ValueError(
-                f"invalid storage_uri {_redact(uri)!r}: the database must be a number, "
+                f"invalid storage_uri {redact_uri(uri)!r}: the database must be a number, "
                 f"not {path!r}"
             )
         db = int(path)
@@ -120,16 +121,6 @@ def parse_redis_uri(uri: str) -> RedisTarget:
         password=password if password is not None else username,
         tls=parts.scheme == "rediss",
     )
-
-
-def _redact(uri: str) -> str:
-    """``uri`` without its password, for messages."""
-    scheme, sep, rest = uri.partition("://")
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at:
-        return uri
-    user = userinfo.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{hostpart}"
 
 
 class _ProtocolFactory(Factory):
