@@ -305,7 +305,7 @@ class GatewayApp:
         if self._swaig is None:
             raise UnknownService("swaig")
         wanted = [v.decode("utf-8", "replace") for v in request.args.get(b"service", [])]
-        body = await self._swaig.functions(wanted)
+        body = await self._swaig.functions(wanted, base_url=self._swaig.request_base(request))
         return write_json(request, 200, body)
 
     @app.route("/swaig", methods=["POST"])

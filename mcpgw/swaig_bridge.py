@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -76,13 +77,33 @@ class SwaigBridge:
         return f"{scheme}://{host.lower()}"
 
     async def _tools(self, names: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-        result: dict[str, list[dict[str, Any]]] = {}
-        for name in names:
+        """
+        The tools of each of ``names`` (concurrently: a failed service is re-probed, and
+        several re-probes must not add up); services that cannot list them are left out.
+        """
+
+        async def one(name: str) -> list[dict[str, Any]] | None:
             try:
-                result[name] = await self._catalog.tools(name)
+                return await self._catalog.tools(name)
             except GatewayError as e:
                 log.warn("SWAIG: skipping {service}: {why}", service=name, why=e.message)
-        return result
+                return None
+
+        found = await gatherResults([Deferred.fromCoroutine(one(name)) for name in names])
+        return {name: tools for name, tools in zip(names, found, strict=True) if tools is not None}
+
+    async def _table(self, function: str) -> dict[str, tuple[str, str]]:
+        """
+        The function table for a webhook naming ``function``.  A caller is waiting: services
+        whose last probe failed are not re-probed (that can take their whole startup
+        timeout) unless ``function`` is found nowhere else.  Probes in progress are awaited.
+        """
+        names = list(self._config.enabled_services)
+        usable = [n for n in names if self._catalog.state(n) != "failed"]
+        table = swaig.build_function_table(await self._tools(usable))
+        if function in table or len(usable) == len(names):
+            return table
+        return swaig.build_function_table(await self._tools(names))
 
     async def functions(
         self, wanted: Sequence[str], base_url: str | None = None
@@ -113,7 +134,7 @@ class SwaigBridge:
         if call.is_hangup:
             closed = self._sessions.close_id(call.session_id, "hangup")
             return {"response": f"Closed {closed} session(s) of this call."}
-        table = swaig.build_function_table(await self._tools(list(self._config.enabled_services)))
+        table = await self._table(call.function)
         try:
             service, tool = swaig.resolve_function(table, call.function)
         except swaig.SwaigRefusal as refusal:
@@ -126,15 +147,15 @@ class SwaigBridge:
             outcome = await self._sessions.call(
                 service, call.session_id, tool, call.arguments, svc.call_timeout
             )
+        except CancelledError:  # the client went away: cancel upstream, answer nothing
+            status = 499
+            raise
         except Exception as e:  # noqa: BLE001 - logged; one failure must not stop the rest
             status = e.status if isinstance(e, GatewayError) else 500
             log.info(
                 "SWAIG: {service}.{tool} failed: {why}", service=service, tool=tool, why=str(e)
             )
             return {"response": swaig.describe_failure(e, tool)}
-        except BaseException:  # cancelled: the client went away
-            status = 499
-            raise
         finally:
             security_event(
                 "tool_call",
