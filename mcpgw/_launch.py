@@ -11,8 +11,9 @@ and this script, in the child, before exec'ing COMMAND in place (same pid, same 
 1. ``os.setsid()`` - always, so the child leads its own session and process group and the
    gateway can signal the whole tree with ``os.killpg(pid, ...)``;
 2. applies the resource limits it was given (soft and hard, never above the current hard);
-3. with ``--pdeathsig``, asks Linux to send SIGTERM when the gateway dies (``prctl``);
-4. with ``--user=NAME``, drops to that user (only when running as root);
+3. with ``--user=NAME``, drops to that user (only when running as root);
+4. with ``--pdeathsig``, asks Linux to send SIGTERM when the gateway dies (``prctl``), after
+   the user change, which would clear it;
 5. changes to ``--cwd``;
 6. resets the signals Python itself ignores (SIGPIPE, SIGXFSZ) to their default, since an
    ignored disposition survives ``exec``;
@@ -38,6 +39,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import ModuleType
     from typing import TextIO
 
@@ -131,17 +133,23 @@ def drop_privileges(user: str, osmod: ModuleType = os) -> None:
         raise LaunchError(f"cannot switch to user {user!r}: {e}") from None
 
 
-def launch(args: list[str], osmod: ModuleType = os, rlimit: ModuleType = resource) -> None:
+def launch(
+    args: list[str],
+    osmod: ModuleType = os,
+    rlimit: ModuleType = resource,
+    pdeathsig: Callable[[], None] = set_pdeathsig,
+) -> None:
     """Prepare this process as ``args`` ask and exec the command; returns only on failure."""
     options, argv = parse_args(args)
     osmod.setsid()
     for name in LIMITS:
         if name in options:
             apply_limit(name, options[name], rlimit)
-    if "pdeathsig" in options:
-        set_pdeathsig()
     if options.get("user"):
         drop_privileges(options["user"], osmod)
+    # After the user change: the kernel clears the parent-death signal on a new euid/egid.
+    if "pdeathsig" in options:
+        pdeathsig()
     if options.get("cwd"):
         try:
             osmod.chdir(options["cwd"])

@@ -15,16 +15,20 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProcessTransport,
+    IReactorFromThreads,
     IReactorProcess,
+    IReactorThreads,
     IReactorTime,
 )
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 import mcpgw
 from mcpgw import sandbox
@@ -43,7 +47,8 @@ class MCPServer:
 
     ``on_exit(description)`` is called once, the moment the process exits (also after
     ``stop()``), before its pending requests fail; ``on_tools_changed()`` on every
-    ``notifications/tools/list_changed``.
+    ``notifications/tools/list_changed``. ``tools``: the util-linux launch chain
+    (``sandbox.find_tools``), else the Python launcher.
 
     @ivar term_grace: seconds between closing stdin and SIGTERM to the process group.
     @ivar kill_grace: seconds between SIGTERM and SIGKILL.
@@ -65,6 +70,7 @@ class MCPServer:
         environ: Mapping[str, str],
         on_tools_changed: Callable[[], None] | None = None,
         on_exit: Callable[[str], None] | None = None,
+        tools: sandbox.Tools | None = None,
     ) -> None:
         self._reactor = reactor
         self._clock = IReactorTime(reactor)
@@ -73,6 +79,7 @@ class MCPServer:
         self._environ = environ
         self._on_tools_changed = on_tools_changed
         self._on_exit = on_exit
+        self._tools = tools
         self.killpg: Callable[[int, int], None] = os.killpg
         self._protocol: MCPChildProtocol | None = None
         self._transport: IProcessTransport | None = None
@@ -81,10 +88,14 @@ class MCPServer:
         self._timers: dict[str, IDelayedCall] = {}
         self._stopping = False
         self._finished = False
+        # Finished and the private directory removed: stop() has nothing left to wait for.
+        self._done = False
         self._stop_waiters: list[Deferred[None]] = []
         self.server_info: dict[str, Any] = {}
         self.protocol_version = ""
         self.capabilities: dict[str, Any] = {}
+        #: Which launcher started the child (``"util-linux"`` or ``"python"``), once spawned.
+        self.launcher = ""
 
     @property
     def name(self) -> str:
@@ -141,10 +152,13 @@ class MCPServer:
     async def _spawn_and_initialize(self) -> None:
         service = self._service
         try:
-            launch = sandbox.prepare_launch(service, self._sandbox_root, self._environ)
+            launch = sandbox.prepare_launch(
+                service, self._sandbox_root, self._environ, tools=self._tools
+            )
         except OSError as e:
             raise StartupFailed(f"cannot make a private directory for {self.name!r}: {e}") from e
         self._private_dir = launch.private_dir
+        self.launcher = launch.launcher
         protocol = MCPChildProtocol(
             service.name,
             service.max_line_bytes,
@@ -163,10 +177,11 @@ class MCPServer:
             raise StartupFailed(f"cannot spawn MCP server {self.name!r}: {e}") from e
         self._pgid = self._transport.pid
         self.log.info(
-            "spawned {server} pid={pid} dir={private_dir}",
+            "spawned {server} pid={pid} dir={private_dir} ({launcher} launcher)",
             server=self.name,
             pid=self._pgid,
             private_dir=launch.private_dir,
+            launcher=launch.launcher,
         )
         _, initializing = protocol.request(
             "initialize",
@@ -340,7 +355,7 @@ class MCPServer:
         """
         End the child (idempotent); fires once it has ended and its directory is removed.
         """
-        if self._finished:
+        if self._done:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._stop_waiters.append(d)
@@ -392,8 +407,33 @@ class MCPServer:
         self._stopping = True
         for name in list(self._timers):
             self._cancel_timer(name)
-        if self._private_dir is not None:
-            sandbox.remove_private_dir(self._private_dir)
+        removed = (
+            self._remove_private_dir(self._private_dir)
+            if self._private_dir is not None
+            else succeed(None)
+        )
+        removed.addBoth(self._stopped)
+
+    def _remove_private_dir(self, path: str) -> Deferred[None]:
+        """
+        Remove the private directory in the reactor's thread pool when there is one still
+        running, else right here. On a journalled filesystem that ``rmdir`` blocks for a
+        millisecond on average (measured on ext4 while sessions churn), and every other
+        session's calls would wait for it.
+        """
+        threads = IReactorThreads(self._reactor, None)
+        if threads is not None:
+            pool = threads.getThreadPool()
+            if not pool.joined:
+                reactor = cast(IReactorFromThreads, self._reactor)
+                return deferToThreadPool(reactor, pool, sandbox.remove_private_dir, path)
+        sandbox.remove_private_dir(path)
+        return succeed(None)
+
+    def _stopped(self, result: object) -> None:
+        if isinstance(result, Failure):  # pragma: no cover - remove_private_dir never raises
+            self.log.failure("while removing {path}", result, path=self._private_dir)
+        self._done = True
         waiters, self._stop_waiters = self._stop_waiters, []
         for d in waiters:
             d.callback(None)

@@ -7,11 +7,15 @@ What the session manager and the tools catalog need of a running MCP server.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
+from mcpgw import sandbox
 from mcpgw.config import ServiceConfig
+
+log = Logger()
 
 
 class RunningServer(Protocol):
@@ -41,10 +45,26 @@ class ServerFactory(Protocol):
 
 
 def mcp_server_factory(
-    reactor: Any, sandbox_root: str, environ: Mapping[str, str]
+    reactor: Any,
+    sandbox_root: str,
+    environ: Mapping[str, str],
+    tools: sandbox.Tools | Literal["auto"] | None = "auto",
 ) -> ServerFactory:
-    """The real factory: ``mcpgw.client.MCPServer`` children under ``sandbox_root``."""
+    """
+    The real factory: ``mcpgw.client.MCPServer`` children under ``sandbox_root``.
+
+    @param tools: the util-linux launch chain; ``"auto"`` (the default): found and checked
+        once per process (``sandbox.default_tools``, a trial run of a few milliseconds, at
+        startup); ``None``: the Python launcher.
+    """
     from mcpgw.client import MCPServer
+
+    chain: sandbox.Tools | None
+    if tools == "auto":
+        chain, how = sandbox.default_tools()
+        log.info("MCP server children are launched with {how}", how=how)
+    else:
+        chain = tools
 
     def make(
         service: ServiceConfig,
@@ -59,6 +79,7 @@ def mcp_server_factory(
             environ,
             on_tools_changed=on_tools_changed,
             on_exit=on_exit,
+            tools=chain,
         )
 
     return make

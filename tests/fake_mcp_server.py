@@ -54,7 +54,8 @@ Tools (``tools/call``; unknown tools get JSON-RPC ``-32602`` ``Unknown tool: NAM
 ``is_error``               a result with ``isError: true`` and text ``tool failed``.
 ``env``                    the process environment as JSON text.
 ``sandbox``                JSON text: ``cwd``, ``pid``, ``pgid``, ``sid``, ``uid``, ``rlimits``
-                           (``cpu``, ``as``, ``fsize``, ``nofile``, ``nproc``: [soft, hard]).
+                           (``cpu``, ``as``, ``fsize``, ``nofile``, ``nproc``: [soft, hard]),
+                           ``sigblk`` (the blocked signal mask), ``pdeathsig``.
 ``spawn_grandchild``       spawns ``sleep 600`` (stdio on /dev/null) and returns its pid as text.
 
 Notifications from us are ignored, except ``notifications/cancelled``, which is recorded: the
@@ -317,7 +318,34 @@ def sandbox_report() -> dict:
         "sid": os.getsid(0),
         "uid": os.getuid(),
         "rlimits": {k: list(resource.getrlimit(v)) for k, v in names.items()},
+        "sigblk": _status_mask("SigBlk"),
+        "pdeathsig": _pdeathsig(),
     }
+
+
+def _status_mask(name: str) -> int | None:
+    """A signal mask from C{/proc/self/status} (Linux), else C{None}."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return None
+
+
+def _pdeathsig() -> int | None:
+    """This process's parent-death signal (Linux ``prctl``), else C{None}."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    value = ctypes.c_int()
+    libc = ctypes.CDLL(None)
+    if libc.prctl(2, ctypes.byref(value), 0, 0, 0) != 0:  # PR_GET_PDEATHSIG
+        return None
+    return value.value
 
 
 def spawn_sleep(inherit: bool) -> int:

@@ -12,7 +12,9 @@ import sys
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 import mcpgw
 from mcpgw import sandbox
@@ -78,6 +80,26 @@ class StartTests(ClientTestsMixin, SynchronousTestCase):
         self.assertEqual(spawned["env"]["HOME"], server.private_dir)
         self.assertNotIn("SECRET", spawned["env"])
         self.assertEqual(server.pid, 4242)
+
+    def test_spawn_arguments_util_linux(self) -> None:
+        """
+        Given the util-linux tools, a command that can be found is spawned through the
+        chain; still an explicit env, and no path, uid or gid (the posix_spawn path).
+        """
+        tools = sandbox.Tools(setsid="/u/setsid", prlimit="/u/prlimit", setpriv="/u/setpriv",
+                              env="/c/env")  # fmt: skip
+        service = ServiceConfig(name="svc", command=(sys.executable, "srv.py"))
+        server = MCPServer(self.reactor, service, self.root, {"PATH": "/bin"}, tools=tools)
+        server.start()
+        spawned = self.reactor.spawned[0]
+        self.assertEqual(spawned["executable"], "/u/setsid")
+        self.assertEqual(spawned["args"][0], "/u/setsid")
+        self.assertEqual(
+            spawned["args"][-5:], ["-C", server.private_dir, "--", sys.executable, "srv.py"]
+        )
+        self.assertEqual((spawned["path"], spawned["uid"], spawned["gid"]), (None, None, None))
+        self.assertEqual(spawned["env"]["HOME"], server.private_dir)
+        self.assertEqual(server.launcher, "util-linux")
 
     def test_handshake(self) -> None:
         """
@@ -421,3 +443,103 @@ class StopTests(ClientTestsMixin, SynchronousTestCase):
         self.assertFalse(os.path.exists(str(private_dir)))
         self.successResultOf(server.stop())
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class FakeThreadPool:
+    """Holds the work given to it until C{run}; C{joined} as a stopped pool."""
+
+    def __init__(self) -> None:
+        self.joined = False
+        self.queued: list[tuple[Any, Any, tuple[Any, ...]]] = []
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any) -> None:
+        self.queued.append((on_result, f, args))
+
+    def run(self) -> None:
+        queued, self.queued = self.queued, []
+        for on_result, f, args in queued:
+            on_result(True, f(*args))
+
+
+@implementer(IReactorThreads, IReactorFromThreads)
+class ThreadedFakeReactor(FakeProcessReactor):
+    """A fake process reactor with a thread pool that runs work when told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = FakeThreadPool()
+
+    def getThreadPool(self) -> Any:
+        return self.pool
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+class PrivateDirRemovalTests(ClientTestsMixin, SynchronousTestCase):
+    """The private directory is removed off the reactor thread when there is a pool."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.reactor = ThreadedFakeReactor()
+
+    def test_in_thread_pool(self) -> None:
+        """
+        With a thread pool, C{stop} fires only once the pool has removed the directory;
+        a C{stop} asked in between waits as well.
+        """
+        server = self.started()
+        private_dir = str(server.private_dir)
+        first = server.stop()
+        self.transport.exit(0)
+        self.transport.end()
+        second = server.stop()
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        self.assertTrue(os.path.isdir(private_dir))
+        self.reactor.pool.run()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertFalse(os.path.exists(private_dir))
+        self.successResultOf(server.stop())
+
+    def test_stopped_pool(self) -> None:
+        """A pool that was stopped (reactor shutdown) is not used: removed at once."""
+        self.reactor.pool.joined = True
+        server = self.started()
+        private_dir = str(server.private_dir)
+        stopped = server.stop()
+        self.transport.exit(0)
+        self.transport.end()
+        self.successResultOf(stopped)
+        self.assertFalse(os.path.exists(private_dir))
+        self.assertEqual(self.reactor.pool.queued, [])
+
+
+class FactoryTests(SynchronousTestCase):
+    """L{mcpgw.servers.mcp_server_factory} hands its launcher to every server."""
+
+    def spawned_with(self, tools: Any) -> str:
+        from mcpgw.servers import mcp_server_factory
+
+        reactor = FakeProcessReactor()
+        make = mcp_server_factory(reactor, os.path.abspath(self.mktemp()), {}, tools=tools)
+        server = make(ServiceConfig(name="svc", command=(sys.executable, "srv.py")))
+        server.start()
+        return str(reactor.spawned[0]["executable"])
+
+    def test_python_launcher(self) -> None:
+        """C{tools=None}: the Python launcher."""
+        self.assertEqual(self.spawned_with(None), sys.executable)
+
+    def test_tools(self) -> None:
+        """Given tools: the chain."""
+        tools = sandbox.Tools(setsid="/u/setsid", prlimit="/u/prlimit", setpriv="/u/setpriv",
+                              env="/c/env")  # fmt: skip
+        self.assertEqual(self.spawned_with(tools), "/u/setsid")
+
+    def test_auto(self) -> None:
+        """By default, whatever this machine supports (found once per process)."""
+        tools, _ = sandbox.default_tools()
+        expected = sys.executable if tools is None else tools.setsid
+        self.assertEqual(self.spawned_with("auto"), expected)

@@ -1,6 +1,8 @@
 """
 Integration tests for L{mcpgw.client.MCPServer} with real processes of
-C{tests/fake_mcp_server.py}, spawned through the real launcher on the real reactor.
+C{tests/fake_mcp_server.py}, spawned through the real launchers on the real reactor: every
+test runs with the Python launcher (C{RealProcessTests}) and with the util-linux chain
+(C{UtilLinuxProcessTests}, skipped where the tools are missing).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
+from mcpgw import sandbox
 from mcpgw.client import MCPServer
 from mcpgw.config import SandboxConfig, ServiceConfig
 from mcpgw.errors import ChildFailed, JsonRpcError, StartupFailed
@@ -56,9 +59,11 @@ def text_of(result: dict[str, Any]) -> str:
 
 
 class RealProcessTests(TestCase):
-    """C{MCPServer} against real child processes."""
+    """C{MCPServer} against real child processes, through the Python launcher."""
 
     timeout = 60
+    tools: sandbox.Tools | None = None
+    launcher = "python"
 
     def setUp(self) -> None:
         self.root = os.path.abspath(self.mktemp())
@@ -73,6 +78,7 @@ class RealProcessTests(TestCase):
             os.environ if environ is None else environ,
             on_tools_changed=lambda: self.changes.append(None),
             on_exit=self.exits.append,
+            tools=self.tools,
         )
         server.term_grace = 0.5
         server.kill_grace = 0.5
@@ -228,6 +234,38 @@ class RealProcessTests(TestCase):
         self.assertEqual(report["pid"], server.pid)
         self.assertEqual(report["pgid"], server.pid)
         self.assertEqual(report["sid"], server.pid)
+        self.assertEqual(server.launcher, self.launcher)
+
+    @inlineCallbacks
+    def test_signals_and_pdeathsig(self) -> Any:
+        """
+        The child starts with no blocked signal and (Linux) gets SIGTERM when the gateway
+        dies. (Ignored signals: see C{tests.test_launch}, with a child that is not Python.)
+        """
+        server = self.server(fake_service())
+        yield server.start()
+        report = json.loads(text_of((yield server.call_tool("sandbox", {}, 10))))
+        if report["sigblk"] is None or report["pdeathsig"] is None:
+            raise SkipTest("no /proc/self/status or prctl here")
+        self.assertEqual(report["sigblk"], 0)
+        self.assertEqual(report["pdeathsig"], signal.SIGTERM)
+
+    @inlineCallbacks
+    def test_working_dir_and_relative_command(self) -> Any:
+        """
+        C{working_dir} is the child's directory, and a relative command is found from it.
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.mkdir(workdir)
+        os.symlink(FAKE, os.path.join(workdir, "fake.py"))
+        service = ServiceConfig(
+            name="fake", command=(sys.executable, "./fake.py"), working_dir=workdir
+        )
+        server = self.server(service)
+        yield server.start()
+        report = json.loads(text_of((yield server.call_tool("sandbox", {}, 10))))
+        self.assertEqual(report["cwd"], workdir)
+        self.assertEqual(server.launcher, self.launcher)
 
     @inlineCallbacks
     def test_sandbox_disabled_still_own_group(self) -> Any:
@@ -298,3 +336,16 @@ class RealProcessTests(TestCase):
         self.failureResultOf(call)
         cancelled = json.loads(text_of((yield server.call_tool("cancelled", {}, 10))))
         self.assertEqual(len(cancelled), 1)
+
+
+class UtilLinuxProcessTests(RealProcessTests):
+    """The same tests through the util-linux chain (C{setsid prlimit setpriv env -C})."""
+
+    launcher = "util-linux"
+
+    def setUp(self) -> None:
+        tools, how = sandbox.default_tools()
+        if tools is None:
+            raise SkipTest(f"this machine uses {how}")
+        self.tools = tools
+        super().setUp()

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
+import tempfile
 from typing import Any
 
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from mcpgw import _launch, sandbox
+from mcpgw.config import ResourceLimits, SandboxConfig, ServiceConfig
 
 reactor: Any = _global_reactor
 INFINITY = -1
@@ -103,6 +106,26 @@ class LaunchTests(SynchronousTestCase):
         self.assertEqual(
             fake_resource.set,
             [(_launch.LIMITS["cpu"], (10, 10)), (_launch.LIMITS["nofile"], (64, 64))],
+        )
+
+    def test_pdeathsig_after_user(self) -> None:
+        """
+        The parent-death signal is asked for after the user change, which would clear it
+        (the kernel resets it on a new euid/egid), and before exec.
+        """
+        fake_os = FakeOS(euid=0)
+        args = ["--pdeathsig", "--user=nobody", "--cwd=/w", "--", "srv"]
+        self.assertRaises(
+            _launch.LaunchError,
+            _launch.launch,
+            args,
+            fake_os,
+            FakeResource(),
+            pdeathsig=lambda: fake_os.calls.append(("pdeathsig",)),
+        )
+        names = [c[0] for c in fake_os.calls]
+        self.assertEqual(
+            names, ["setsid", "setgroups", "setgid", "setuid", "pdeathsig", "chdir", "execvp"]
         )
 
     def test_clamped_to_hard(self) -> None:
@@ -199,3 +222,67 @@ class RealLaunchTests(TestCase):
         self.assertEqual(code, 127)
         self.assertEqual(err.count(b"\n"), 1)
         self.assertTrue(err.startswith(b"mcpgw-launch: cannot run '/no/such/cmd'"))
+
+
+class RealToolsTests(TestCase):
+    """The util-linux chain run for real, spawned by the reactor on its posix_spawn path."""
+
+    def setUp(self) -> None:
+        tools, how = sandbox.default_tools()
+        if tools is None:
+            raise SkipTest(f"this machine uses {how}")
+        self.tools = tools
+        self.workdir = os.path.abspath(self.mktemp())
+        os.mkdir(self.workdir)
+
+    async def run_chain(self, script: str, **sandbox_options: Any) -> list[str]:
+        limits = ResourceLimits(cpu_seconds=7, memory_mb=None, file_size_mb=None, open_files=64)
+        service = ServiceConfig(
+            name="t",
+            command=("sh", "-c", script),
+            sandbox=SandboxConfig(resource_limits=limits, **sandbox_options),
+        )
+        argv = sandbox.build_tools_argv(service, self.workdir, os.geteuid(), self.tools)
+        out, err, code = await getProcessOutputAndValue(
+            argv[0], argv[1:], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        )
+        self.assertEqual((code, err), (0, b""))
+        return out.decode().split("\n")
+
+    async def test_real_run(self) -> None:
+        """
+        The command runs as its own session leader (no fork: same pid), with the limits,
+        in the asked directory, with no ignored signal inherited from the gateway's Python
+        (Twisted's posix_spawn resets them), and nothing blocked.
+        """
+        script = (
+            "ulimit -n; ulimit -t; pwd; grep -E 'Sig(Ign|Blk)' /proc/self/status; "
+            "ps -o pid=,pgid=,sid= -p $$"
+        )
+        # What a gateway's Python does (trial may not): the child must not inherit it.
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+            self.addCleanup(signal.signal, signum, signal.signal(signum, signal.SIG_IGN))
+        lines = await self.run_chain(script)
+        self.assertEqual(lines[:3], ["64", "7", self.workdir])
+        masks = dict(line.split(":") for line in lines[3:5])
+        ignored = int(masks["SigIgn"].strip(), 16)
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+            self.assertFalse(ignored & (1 << (signum - 1)), signum)
+        self.assertEqual(int(masks["SigBlk"].strip(), 16), 0)
+        pid, pgid, sid = lines[5].split()
+        self.assertEqual(pid, pgid)
+        self.assertEqual(pid, sid)
+
+    async def test_drop_privileges(self) -> None:
+        """As root, the chain switches to the user, its primary group and no other group."""
+        if os.geteuid() != 0:
+            raise SkipTest("needs root")
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        # A directory nobody can enter (the trial directory's parents may not be).
+        self.workdir = tempfile.mkdtemp(prefix="mcpgw-test-")
+        self.addCleanup(os.rmdir, self.workdir)
+        os.chmod(self.workdir, 0o755)
+        lines = await self.run_chain("id -u; id -g; id -G", drop_privileges=True, user="nobody")
+        self.assertEqual(lines[:3], [str(nobody.pw_uid), str(nobody.pw_gid), str(nobody.pw_gid)])

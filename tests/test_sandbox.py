@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from unittest import SkipTest
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpgw import sandbox
@@ -163,3 +165,211 @@ class PrivateDirTests(SynchronousTestCase):
         """The launcher runs under the gateway's own interpreter by default."""
         launch = sandbox.prepare_launch(service(), os.path.abspath(self.mktemp()), {})
         self.assertEqual(launch.argv[0], sys.executable)
+
+
+TOOLS = sandbox.Tools(
+    setsid="/u/setsid",
+    prlimit="/u/prlimit",
+    setpriv="/u/setpriv",
+    env="/c/env",
+    hard_limits={"cpu": None, "as": None, "fsize": None, "nofile": 4096, "nproc": None},
+)
+
+
+class ToolsArgvTests(SynchronousTestCase):
+    """L{sandbox.build_tools_argv}: the util-linux chain."""
+
+    def test_defaults(self) -> None:
+        """
+        C{setsid}, C{prlimit} with the default limits, C{setpriv --pdeathsig TERM}, then
+        C{env -C} the working directory, C{--} and the command.
+        """
+        argv = sandbox.build_tools_argv(service(), "/w", 1000, TOOLS)
+        self.assertEqual(
+            argv,
+            (
+                "/u/setsid",
+                "/u/prlimit", "--cpu=3600", f"--as={2048 * 1024 * 1024}",
+                f"--fsize={100 * 1024 * 1024}", "--nofile=1024", "--",
+                "/u/setpriv", "--pdeathsig", "TERM", "--",
+                "/c/env", "-C", "/w", "--", "srv", "a",
+            ),
+        )  # fmt: skip
+
+    def test_same_limits_as_launcher(self) -> None:
+        """Below the hard limits, C{prlimit} gets exactly the Python launcher's options."""
+        limits = ResourceLimits(open_files=64, max_processes=50)
+        self.assertEqual(
+            sandbox.prlimit_options(limits, TOOLS.hard_limits), sandbox.limit_options(limits)
+        )
+
+    def test_clamped_to_hard(self) -> None:
+        """A limit above the gateway's hard limit is lowered to it (prlimit would fail)."""
+        limits = ResourceLimits(cpu_seconds=None, memory_mb=None, file_size_mb=None,
+                                open_files=100000)  # fmt: skip
+        self.assertEqual(sandbox.prlimit_options(limits, TOOLS.hard_limits), ["--nofile=4096"])
+
+    def test_no_limits(self) -> None:
+        """C{resource_limits: false}: no C{prlimit} at all."""
+        svc = service(sandbox=SandboxConfig(resource_limits=None))
+        argv = sandbox.build_tools_argv(svc, "/w", 1000, TOOLS)
+        self.assertEqual(
+            argv,
+            ("/u/setsid", "/u/setpriv", "--pdeathsig", "TERM", "--",
+             "/c/env", "-C", "/w", "--", "srv", "a"),
+        )  # fmt: skip
+
+    def test_disabled(self) -> None:
+        """The sandbox disabled: only the new session and the working directory."""
+        svc = service(sandbox=SandboxConfig(enabled=False, drop_privileges=True))
+        argv = sandbox.build_tools_argv(svc, "/w", 0, TOOLS)
+        self.assertEqual(argv, ("/u/setsid", "/c/env", "-C", "/w", "--", "srv", "a"))
+
+    def test_drop_privileges_only_as_root(self) -> None:
+        """
+        As root, C{setpriv} switches to the user's uid and primary gid and clears the
+        supplementary groups; not otherwise.
+        """
+        import pwd
+
+        daemon = pwd.getpwnam("daemon")
+        svc = service(sandbox=SandboxConfig(drop_privileges=True, user="daemon"))
+        argv = sandbox.build_tools_argv(svc, "/w", 0, TOOLS)
+        start = argv.index("/u/setpriv")
+        self.assertEqual(
+            argv[start : start + 7],
+            ("/u/setpriv", f"--reuid={daemon.pw_uid}", f"--regid={daemon.pw_gid}",
+             "--clear-groups", "--pdeathsig", "TERM", "--"),
+        )  # fmt: skip
+        as_user = sandbox.build_tools_argv(svc, "/w", 1000, TOOLS)
+        self.assertFalse(any(a.startswith("--reuid") for a in as_user))
+
+    def test_unknown_user(self) -> None:
+        """An unknown C{sandbox.user} is an C{OSError}, as for the Python launcher."""
+        svc = service(sandbox=SandboxConfig(drop_privileges=True, user="no-such-user-xyz"))
+        self.assertRaises(OSError, sandbox.build_tools_argv, svc, "/w", 0, TOOLS)
+
+
+class CanUseToolsTests(SynchronousTestCase):
+    """L{sandbox.can_use_tools}: when the chain can run the command."""
+
+    def setUp(self) -> None:
+        self.bin = os.path.abspath(self.mktemp())
+        os.mkdir(self.bin)
+        self.program = os.path.join(self.bin, "srv")
+        with open(self.program, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(self.program, 0o755)
+
+    def test_found_in_path(self) -> None:
+        """A bare name is looked up in the child's C{PATH}, not the gateway's."""
+        self.assertTrue(sandbox.can_use_tools(("srv",), "/", {"PATH": self.bin}))
+        self.assertFalse(sandbox.can_use_tools(("srv",), "/", {"PATH": "/nonexistent"}))
+
+    def test_paths(self) -> None:
+        """An absolute path must exist; a relative one is taken from the working dir."""
+        self.assertTrue(sandbox.can_use_tools((self.program,), "/", {}))
+        self.assertTrue(sandbox.can_use_tools(("./srv",), self.bin, {}))
+        self.assertFalse(sandbox.can_use_tools(("./srv",), "/", {}))
+        self.assertFalse(sandbox.can_use_tools(("/nonexistent/srv",), "/", {}))
+
+    def test_not_executable(self) -> None:
+        """A file that cannot be executed is left to the Python launcher to report."""
+        os.chmod(self.program, 0o644)
+        if os.access(self.program, os.X_OK):
+            raise SkipTest("root may execute anything")
+        self.assertFalse(sandbox.can_use_tools((self.program,), "/", {}))
+
+    def test_working_dir_missing(self) -> None:
+        """A working directory that is not there is left to the Python launcher to report."""
+        self.assertFalse(sandbox.can_use_tools((self.program,), "/nonexistent", {}))
+
+    def test_equals_sign(self) -> None:
+        """A program name with C{=} would be taken for a variable by C{env}."""
+        weird = os.path.join(self.bin, "a=b")
+        os.symlink(self.program, weird)
+        self.assertFalse(sandbox.can_use_tools((weird,), "/", {}))
+
+
+class PrepareWithToolsTests(SynchronousTestCase):
+    """L{sandbox.prepare_launch} given the util-linux tools."""
+
+    def test_chain(self) -> None:
+        """A command that can be found runs through the chain."""
+        root = os.path.abspath(self.mktemp())
+        svc = ServiceConfig(name="svc", command=(sys.executable, "x.py"))
+        launch = sandbox.prepare_launch(svc, root, GATEWAY_ENV, euid=1000, tools=TOOLS)
+        self.assertEqual(launch.launcher, "util-linux")
+        self.assertEqual(launch.executable, "/u/setsid")
+        self.assertEqual(launch.argv[0], "/u/setsid")
+        self.assertEqual(
+            launch.argv[-5:], ("-C", launch.private_dir, "--", sys.executable, "x.py")
+        )
+        self.assertNotIn("AUTH_TOKEN", launch.env)
+
+    def test_fallback(self) -> None:
+        """A command that cannot be found goes through the Python launcher, which says why."""
+        root = os.path.abspath(self.mktemp())
+        svc = ServiceConfig(name="svc", command=("/nonexistent/srv",))
+        launch = sandbox.prepare_launch(svc, root, GATEWAY_ENV, euid=1000, tools=TOOLS)
+        self.assertEqual(launch.launcher, "python")
+        self.assertEqual(launch.argv[:4], (sys.executable, "-S", "-I", sandbox.LAUNCHER))
+
+
+class FindToolsTests(SynchronousTestCase):
+    """L{sandbox.find_tools}."""
+
+    def which(self, name: str) -> str | None:
+        return f"/bin/{name}"
+
+    def test_found(self) -> None:
+        """Every tool found and the trial run passed: the chain, with the hard limits."""
+        checked: list[sandbox.Tools] = []
+
+        def check(tools: sandbox.Tools) -> None:
+            checked.append(tools)
+
+        tools, how = sandbox.find_tools(self.which, check, "linux")
+        assert tools is not None
+        self.assertEqual(checked, [tools])
+        self.assertEqual(
+            (tools.setsid, tools.prlimit, tools.setpriv, tools.env),
+            ("/bin/setsid", "/bin/prlimit", "/bin/setpriv", "/bin/env"),
+        )
+        self.assertEqual(tools.hard_limits, sandbox.current_hard_limits())
+        self.assertIn("util-linux", how)
+
+    def test_missing(self) -> None:
+        """A missing tool: the Python launcher, naming what is missing."""
+
+        def which(name: str) -> str | None:
+            return None if name in ("setpriv", "prlimit") else f"/bin/{name}"
+
+        tools, how = sandbox.find_tools(which, lambda t: None, "linux")
+        self.assertIsNone(tools)
+        self.assertIn("prlimit, setpriv not found", how)
+
+    def test_check_fails(self) -> None:
+        """A failed trial run (e.g. an C{env} without C{-C}): the Python launcher, and why."""
+        tools, how = sandbox.find_tools(self.which, lambda t: "exited with 125", "linux")
+        self.assertIsNone(tools)
+        self.assertIn("exited with 125", how)
+
+    def test_not_linux(self) -> None:
+        """Elsewhere, always the Python launcher."""
+        tools, how = sandbox.find_tools(self.which, lambda t: None, "darwin")
+        self.assertIsNone(tools)
+        self.assertIn("Python launcher", how)
+
+    def test_check_real(self) -> None:
+        """On this machine, when the tools are there, the trial run passes."""
+        tools, how = sandbox.find_tools()
+        if tools is None:
+            raise SkipTest(how)
+        self.assertIsNone(sandbox.check_tools(tools))
+        broken = attrs.evolve(tools, env="/nonexistent/env")
+        self.assertIsNotNone(sandbox.check_tools(broken))
+
+    def test_default_tools_cached(self) -> None:
+        """L{sandbox.default_tools} looks once per process."""
+        self.assertIs(sandbox.default_tools(), sandbox.default_tools())
