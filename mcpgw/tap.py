@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -100,13 +101,15 @@ def build_service(
     swaig = SwaigBridge(config, catalog, sessions)
     gateway = GatewayApp(reactor, config, sessions, catalog, limiter, swaig)
     trusted = config.server.trusted_proxies
+    # Parsing addresses costs more than the rest of the rate-limit check: keep recent answers.
+    cached_ip = lru_cache(maxsize=4096)(client_ip)
 
     def ip_of(request: Any) -> str:
         peer = request.getClientAddress()
-        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
-        return client_ip(
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") if trusted else None
+        return cached_ip(
             getattr(peer, "host", ""),
-            b",".join(forwarded).decode("latin-1") if forwarded and trusted else None,
+            b",".join(forwarded).decode("latin-1") if forwarded else None,
             trusted,
         )
 

@@ -129,7 +129,7 @@ class GatewayInProcess(TestCase):
         pending.cancel()
         self.failureResultOf(pending)
         for _ in range(50):  # bounded: up to 5 s for the cancellation to land
-            code, body = await self.call("cancelled", "dc")
+            _, body = await self.call("cancelled", "dc")
             if json.loads(body["result"]):
                 break
             await deferLater(reactor, 0.1, lambda: None)
