@@ -67,6 +67,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
+from mcpgw import _launch
 from mcpgw.config import ResourceLimits, ServiceConfig
 
 MiB = 1024 * 1024
@@ -80,15 +81,9 @@ ALLOWED_ENV = ("PATH", "LANG", "LC_ALL", "USER", "TZ")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-#: The resource limits by option name; ``prlimit(1)`` and ``mcpgw._launch`` share the names.
-RLIMITS: dict[str, int] = {
-    "cpu": resource.RLIMIT_CPU,
-    "as": resource.RLIMIT_AS,
-    "fsize": resource.RLIMIT_FSIZE,
-    "nofile": resource.RLIMIT_NOFILE,
-}
-if hasattr(resource, "RLIMIT_NPROC"):
-    RLIMITS["nproc"] = resource.RLIMIT_NPROC
+#: The resource limits by option name; ``prlimit(1)`` and ``mcpgw._launch`` share the names
+#: (the launcher's table: it runs alone, by path, so it cannot import this module).
+RLIMITS: dict[str, int] = _launch.LIMITS
 
 #: How long ``find_tools`` lets its one trial run of the chain take.
 CHECK_TIMEOUT = 5.0

@@ -115,6 +115,15 @@ class Gateway:
         d = self.stub.request(method, BASE + path, headers=h, data=data)
         return self.testcase.successResultOf(d)
 
+    def send(self, path: str, body: Any) -> Any:
+        """POST ``body`` as JSON with the admin credentials; the unresolved Deferred."""
+        return self.stub.request(
+            "POST",
+            BASE + path,
+            headers={"Authorization": BASIC, "Content-Type": "application/json"},
+            data=json.dumps(body).encode(),
+        )
+
     def json(self, response: Any) -> Any:
         return json.loads(self.testcase.successResultOf(response.content()))
 
@@ -358,12 +367,7 @@ class CallTests(SynchronousTestCase):
         """-32601/-32602 map to 400, other codes to 422, with the MCP error kept."""
         self.gw.factory.auto_answer = False
         for code, status in [(-32602, 400), (-32601, 400), (-32000, 422), (5, 422)]:
-            d = self.gw.stub.request(
-                "POST",
-                BASE + "/services/echo/call",
-                headers={"Authorization": BASIC, "Content-Type": "application/json"},
-                data=json.dumps({"tool": "echo", "session_id": "s"}).encode(),
-            )
+            d = self.gw.send("/services/echo/call", {"tool": "echo", "session_id": "s"})
             server = self.gw.factory.servers[0]
             server.calls[-1][3].errback(JsonRpcError(code, "Unknown tool: echo", {"x": 1}))
             self.gw.stub.flush()
@@ -378,11 +382,8 @@ class CallTests(SynchronousTestCase):
 
     def pending_call(self, sid: str = "s") -> Any:
         self.gw.factory.auto_answer = False
-        return self.gw.stub.request(
-            "POST",
-            BASE + "/services/echo/call",
-            headers={"Authorization": BASIC, "Content-Type": "application/json"},
-            data=json.dumps({"tool": "echo", "session_id": sid, "call_timeout": 5}).encode(),
+        return self.gw.send(
+            "/services/echo/call", {"tool": "echo", "session_id": sid, "call_timeout": 5}
         )
 
     def test_timeout_504(self) -> None:

@@ -29,7 +29,7 @@ from mcpgw.errors import JsonRpcError
 from .configs import PASSWORD, USER, gateway_config
 from .fakes import text_result
 from .gateway_process import GatewayProcess, gateway_argv, processes_under
-from .test_app import BASIC, Gateway
+from .test_app import Gateway
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = os.path.join(HERE, "sdk_shapes", "mcp_gateway_skill_1.1.0.json")
@@ -78,15 +78,7 @@ class RecordedShapeTests(SynchronousTestCase):
         """
         self.gw.factory.auto_answer = False
         body = self.example["POST /services/echo/call"]
-        d = self.gw.stub.request(
-            "POST",
-            "http://127.0.0.1:8080/services/echo/call",
-            headers={
-                "Authorization": BASIC,
-                "Content-Type": "application/json",
-            },
-            data=json.dumps(body).encode(),
-        )
+        d = self.gw.send("/services/echo/call", body)
         (server,) = [s for s in self.gw.factory.servers if s.calls]
         name, arguments, _, pending = server.calls[0]
         self.assertEqual((name, arguments), ("echo", body["arguments"]))
@@ -112,15 +104,7 @@ class RecordedShapeTests(SynchronousTestCase):
         """
         self.gw.factory.auto_answer = False
         body = self.example["POST /services/echo/call"]
-        d = self.gw.stub.request(
-            "POST",
-            "http://127.0.0.1:8080/services/echo/call",
-            headers={
-                "Authorization": BASIC,
-                "Content-Type": "application/json",
-            },
-            data=json.dumps(body).encode(),
-        )
+        d = self.gw.send("/services/echo/call", body)
         (server,) = [s for s in self.gw.factory.servers if s.calls]
         server.calls[0][3].errback(JsonRpcError(-32602, "ms must be a number"))
         self.gw.stub.flush()

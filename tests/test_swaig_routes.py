@@ -333,12 +333,7 @@ class WebhookTests(SynchronousTestCase):
     def test_is_error_prefixed(self) -> None:
         """An ``isError`` result is prefixed so the AI knows the tool failed."""
         self.gw.factory.auto_answer = False
-        d = self.gw.stub.request(
-            "POST",
-            BASE + "/swaig",
-            headers={"Authorization": BASIC, "Content-Type": "application/json"},
-            data=json.dumps(webhook_body("mcp_echo_echo", {"text": "x"}, call_id="c")).encode(),
-        )
+        d = self.gw.send("/swaig", webhook_body("mcp_echo_echo", {"text": "x"}, call_id="c"))
         self.assertNoResult(d)
         (server,) = [s for s in self.gw.factory.servers if s.calls]
         server.calls[0][3].callback(text_result("boom", is_error=True))
@@ -349,14 +344,7 @@ class WebhookTests(SynchronousTestCase):
 
     def pending(self, call_id: str = "c") -> tuple[Deferred[Any], FakeServer]:
         self.gw.factory.auto_answer = False
-        d = self.gw.stub.request(
-            "POST",
-            BASE + "/swaig",
-            headers={"Authorization": BASIC, "Content-Type": "application/json"},
-            data=json.dumps(
-                webhook_body("mcp_echo_echo", {"text": "x"}, call_id=call_id)
-            ).encode(),
-        )
+        d = self.gw.send("/swaig", webhook_body("mcp_echo_echo", {"text": "x"}, call_id=call_id))
         self.assertNoResult(d)
         (server,) = [s for s in self.gw.factory.servers if s.calls]
         return d, server
@@ -436,12 +424,7 @@ class WebhookTests(SynchronousTestCase):
         self.assertEqual(self.gw.webhook(body), "echo:{'text': 'x'}")
         self.assertEqual(hang, [])
         # Unknown among the healthy services: the failed one is probed again, and waited for.
-        d = self.gw.stub.request(
-            "POST",
-            BASE + "/swaig",
-            headers={"Authorization": BASIC, "Content-Type": "application/json"},
-            data=json.dumps(webhook_body("mcp_other_echo", {"text": "y"}, call_id="c")).encode(),
-        )
+        d = self.gw.send("/swaig", webhook_body("mcp_other_echo", {"text": "y"}, call_id="c"))
         self.assertNoResult(d)
         self.assertEqual(len(hang), 1)
         mode["other"] = "ok"
