@@ -43,11 +43,19 @@ def log(msg):
 def summarize(lat_ms, elapsed, errors, **extra):
     """Latency percentiles (nearest rank) and throughput of one measurement window."""
     lat = sorted(lat_ms)
+
     def pct(p):
         return round(lat[min(len(lat) - 1, int(len(lat) * p / 100.0))], 3) if lat else None
-    out = {"n": len(lat), "rps": round(len(lat) / elapsed, 1) if elapsed > 0 else None,
-           "p50": pct(50), "p90": pct(90), "p99": pct(99), "max": pct(100),
-           "errors": {k: v for k, v in errors.items() if v}}
+
+    out = {
+        "n": len(lat),
+        "rps": round(len(lat) / elapsed, 1) if elapsed > 0 else None,
+        "p50": pct(50),
+        "p90": pct(90),
+        "p99": pct(99),
+        "max": pct(100),
+        "errors": {k: v for k, v in errors.items() if v},
+    }
     out.update(extra)
     return out
 
@@ -60,8 +68,8 @@ def _stat(pid):
             data = f.read()
     except OSError:
         return None
-    comm = data[data.index("(") + 1:data.rindex(")")]
-    f = data[data.rindex(")") + 2:].split()
+    comm = data[data.index("(") + 1 : data.rindex(")")]
+    f = data[data.rindex(")") + 2 :].split()
     return int(f[1]), comm, int(f[11]) + int(f[12]), int(f[13]) + int(f[14])
 
 
@@ -114,13 +122,21 @@ def memory(pid):
     tree = proc_tree(pid)
     own = _mem_kb(pid)
     mems = [_mem_kb(p) for p in tree]
+
     def mb(v):
         return round(v / 1024.0, 1) if v is not None else None
+
     def tsum(i):
         vals = [m[i] for m in mems if m[i] is not None]
         return mb(sum(vals)) if vals else None
-    return {"rss_mb": mb(own[0]), "pss_mb": mb(own[1]), "tree_rss_mb": tsum(0),
-            "tree_pss_mb": tsum(1), "procs": len(tree)}
+
+    return {
+        "rss_mb": mb(own[0]),
+        "pss_mb": mb(own[1]),
+        "tree_rss_mb": tsum(0),
+        "tree_pss_mb": tsum(1),
+        "procs": len(tree),
+    }
 
 
 def resolve_gateway(pid):
@@ -196,6 +212,7 @@ def _check(status, data, ok):
 def py_load(target, op, sids, duration, max_per_client=1000000):
     """One thread and one connection per client (a session id, or None for tools)."""
     results, deadline = [], time.monotonic() + duration
+
     def worker(sid):
         c, lat, errs = Client(target), [], {}
         for _ in range(max_per_client):
@@ -208,6 +225,7 @@ def py_load(target, op, sids, duration, max_per_client=1000000):
                 lat.append(ms)
         c.close()
         results.append((lat, errs))
+
     threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in sids]
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     for th in threads:
@@ -255,8 +273,17 @@ def wrk_load(wrk, target, op, sids, duration, tmpdir):
     with open(script, "w") as f:
         f.write(WRK_LUA % {"bodies": bodies, "method": method, "path": path, "auth": target.auth})
     secs = max(1, round(duration))
-    cmd = [wrk, f"-t{len(sids)}", f"-c{len(sids)}", f"-d{secs}s", "--timeout", "10s",
-           "-s", script, target.url]
+    cmd = [
+        wrk,
+        f"-t{len(sids)}",
+        f"-c{len(sids)}",
+        f"-d{secs}s",
+        "--timeout",
+        "10s",
+        "-s",
+        script,
+        target.url,
+    ]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60)
     except subprocess.TimeoutExpired:
@@ -267,9 +294,13 @@ def wrk_load(wrk, target, op, sids, duration, tmpdir):
     w = json.loads(line[0][10:])
     ok, elapsed = w["requests"] - w["status"], w["duration_us"] / 1e6
     errs = {k: w[k] for k in ("connect", "read", "write", "status", "timeout")}
-    return {"tool": "wrk", "n": ok, "rps": round(ok / elapsed, 1) if elapsed else None,
-            **{k: round(w[k] / 1000.0, 3) for k in ("p50", "p90", "p99", "max")},
-            "errors": {k: v for k, v in errs.items() if v}}
+    return {
+        "tool": "wrk",
+        "n": ok,
+        "rps": round(ok / elapsed, 1) if elapsed else None,
+        **{k: round(w[k] / 1000.0, 3) for k in ("p50", "p90", "p99", "max")},
+        "errors": {k: v for k, v in errs.items() if v},
+    }
 
 
 # ----------------------------------------------------------------------------- targets
@@ -298,15 +329,27 @@ class Target:
         if args.sandbox == "off":  # the reference reads "sandbox", ours reads both
             service["sandbox"] = service["sandbox_config"] = {"enabled": False}
         config = {
-            "server": {"host": "127.0.0.1", "port": port, "auth_user": "bench",
-                       "auth_password": password},
+            "server": {
+                "host": "127.0.0.1",
+                "port": port,
+                "auth_user": "bench",
+                "auth_password": password,
+            },
             "services": {"echo": service},
-            "session": {"default_timeout": 900, "max_sessions_per_service": 1000,
-                        "max_total_sessions": 2000, "cleanup_interval": 60,
-                        "sandbox_dir": os.path.join(workdir, "sandbox")},
-            "rate_limiting": {"default_limits": [limit], "tools_limit": limit,
-                              "call_limit": limit, "session_delete_limit": limit,
-                              "storage_uri": "memory://"},
+            "session": {
+                "default_timeout": 900,
+                "max_sessions_per_service": 1000,
+                "max_total_sessions": 2000,
+                "cleanup_interval": 60,
+                "sandbox_dir": os.path.join(workdir, "sandbox"),
+            },
+            "rate_limiting": {
+                "default_limits": [limit],
+                "tools_limit": limit,
+                "call_limit": limit,
+                "session_delete_limit": limit,
+                "storage_uri": "memory://",
+            },
             "logging": {"level": "WARNING"},
         }
         os.makedirs(config["session"]["sandbox_dir"])
@@ -319,8 +362,9 @@ class Target:
         t = cls(label, f"http://127.0.0.1:{port}", "bench", password, "echo")
         t.workdir, t.logfile = workdir, open(os.path.join(workdir, "gateway.log"), "wb")
         log(f"starting {label}: {' '.join(argv)} (port {port}, log {t.logfile.name})")
-        t.proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL,
-                                  stdout=t.logfile, stderr=subprocess.STDOUT)
+        t.proc = subprocess.Popen(
+            argv, cwd=workdir, stdin=subprocess.DEVNULL, stdout=t.logfile, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + args.start_timeout
         while time.monotonic() < deadline:
             if t.proc.poll() is not None:
@@ -373,14 +417,33 @@ class Target:
 class Bench:
     def __init__(self, args, targets):
         self.args, self.targets = args, targets
-        self.wrk = None if args.wrk == "off" else (
-            args.wrk if args.wrk != "auto" else next(
-                (os.path.join(d, "wrk") for d in os.environ.get("PATH", "").split(":")
-                 if os.access(os.path.join(d, "wrk"), os.X_OK)), None))
+        self.wrk = (
+            None
+            if args.wrk == "off"
+            else (
+                args.wrk
+                if args.wrk != "auto"
+                else next(
+                    (
+                        os.path.join(d, "wrk")
+                        for d in os.environ.get("PATH", "").split(":")
+                        if os.access(os.path.join(d, "wrk"), os.X_OK)
+                    ),
+                    None,
+                )
+            )
+        )
         self.tmp = tempfile.mkdtemp(prefix="mcpgw-bench-")
-        self.doc = {"meta": {"argv": sys.argv, "nproc": os.cpu_count(), "wrk": self.wrk,
-                             "loadavg_start": os.getloadavg(), "started": time.time()},
-                    "rounds": []}
+        self.doc = {
+            "meta": {
+                "argv": sys.argv,
+                "nproc": os.cpu_count(),
+                "wrk": self.wrk,
+                "loadavg_start": os.getloadavg(),
+                "started": time.time(),
+            },
+            "rounds": [],
+        }
         self.figs = {t.label: {} for t in targets}  # label -> figure -> [value per round]
 
     def fig(self, t, rnd, name, value):
@@ -418,8 +481,9 @@ class Bench:
             idle = idle + 1 if b - a <= 2 * TICK_MS else 0
 
     def sid(self, t, what):
-        return "b-{}-{}-{}".format("".join(c for c in t.label if c.isalnum())[:16], what,
-                               uuid.uuid4().hex[:10])
+        return "b-{}-{}-{}".format(
+            "".join(c for c in t.label if c.isalnum())[:16], what, uuid.uuid4().hex[:10]
+        )
 
     def open_sessions(self, t, n, what, limit=120.0):
         c, sids, deadline = Client(t), [], time.monotonic() + limit
@@ -436,6 +500,7 @@ class Bench:
 
     def close_sessions(self, t, sids, limit=120.0):
         todo, deadline, failed = list(sids), time.monotonic() + limit, []
+
         def worker():
             c = Client(t)
             while todo and time.monotonic() < deadline:
@@ -443,6 +508,7 @@ class Bench:
                 if c.delete(sid)[0]:
                     failed.append(sid)
             c.close()
+
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
         for th in threads:
             th.start()
@@ -454,20 +520,32 @@ class Bench:
     # -- scenarios -------------------------------------------------------------------------
     def raw(self, rnd):
         """The floor: the same server over its own pipes, sequential; and spawn to first reply."""
+
         def rpc(p, mid, method, params=None):
             msg = {"jsonrpc": "2.0", "id": mid, "method": method, "params": params or {}}
             p.stdin.write(json.dumps(msg).encode() + b"\n")
             p.stdin.flush()
             return p.stdout.readline()
+
         def spawn():
             p = subprocess.Popen(ECHO_CMD, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            rpc(p, 0, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                     "clientInfo": {"name": "bench", "version": "1"}})
+            rpc(
+                p,
+                0,
+                "initialize",
+                {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "bench", "version": "1"},
+                },
+            )
             p.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
             return p
+
         def finish(p):
             p.stdin.close()
             p.wait(10)
+
         p, lat = spawn(), []
         args = {"name": "echo", "arguments": {"text": "hi"}}
         deadline = time.monotonic() + self.args.duration
@@ -520,13 +598,16 @@ class Bench:
     def steady(self, t, rnd, out, sids):
         alone = self.measured(t, "call", sids[:4], self.args.duration)
         stop, first, dele, errs, count = [False], [], [], {}, [0]
+
         def churner():
             c = Client(t)
             end = time.monotonic() + self.args.duration + 30
             while not stop[0] and time.monotonic() < end:
-                count[0] += self.churn_cycles(t, c, min(end, time.monotonic() + 0.5), 10000,
-                                              first, dele, errs)
+                count[0] += self.churn_cycles(
+                    t, c, min(end, time.monotonic() + 0.5), 10000, first, dele, errs
+                )
             c.close()
+
         self.quiesce(t)
         th = threading.Thread(target=churner, daemon=True)
         t0 = time.monotonic()
@@ -561,13 +642,18 @@ class Bench:
         t0 = time.monotonic()
         n = self.churn_cycles(t, c, t0 + self.args.duration, 100000, first, dele, errs)
         if n < self.args.min_cycles:  # slow gateways: a few more cycles, bounded in time
-            n += self.churn_cycles(t, c, t0 + 4 * self.args.duration + 30,
-                                   self.args.min_cycles - n, first, dele, errs)
+            n += self.churn_cycles(
+                t, c, t0 + 4 * self.args.duration + 30, self.args.min_cycles - n, first, dele, errs
+            )
         elapsed = time.monotonic() - t0
         c.close()
-        res = out["churn"] = {"cycles": n, "cycles_per_s": round(n / elapsed, 2),
-                              "first_call": summarize(first, elapsed, {}),
-                              "delete": summarize(dele, elapsed, {}), "errors": errs}
+        res = out["churn"] = {
+            "cycles": n,
+            "cycles_per_s": round(n / elapsed, 2),
+            "first_call": summarize(first, elapsed, {}),
+            "delete": summarize(dele, elapsed, {}),
+            "errors": errs,
+        }
         self.fig(t, rnd, "cycles_per_s", res["cycles_per_s"])
         for k in ("p50", "p90"):
             self.fig(t, rnd, f"first_call_{k}", res["first_call"][k])
@@ -588,8 +674,12 @@ class Bench:
         out["mem"] = res
         top, low = res[str(levels[-1])], res[str(levels[0])]
         if levels[-1] > levels[0] and top["tree_rss_mb"] is not None:
-            self.fig(t, rnd, "mem_tree_rss_mb_per_session", round(
-                (top["tree_rss_mb"] - low["tree_rss_mb"]) / (levels[-1] - levels[0]), 2))
+            self.fig(
+                t,
+                rnd,
+                "mem_tree_rss_mb_per_session",
+                round((top["tree_rss_mb"] - low["tree_rss_mb"]) / (levels[-1] - levels[0]), 2),
+            )
         self.close_sessions(t, sids)
 
     # -- driver ----------------------------------------------------------------------------
@@ -602,8 +692,10 @@ class Bench:
             if "raw" in sc:
                 rd["raw"] = self.raw(rnd)
                 seq, first = rd["raw"]["seq"], rd["raw"]["spawn_first_call"]
-                log(f"round {rnd + 1} raw stdio: p50 {seq['p50']:.3f} ms, {seq['rps']:.0f} "
-                    f"calls/s; spawn to first reply p50 {first['p50']:.1f} ms")
+                log(
+                    f"round {rnd + 1} raw stdio: p50 {seq['p50']:.3f} ms, {seq['rps']:.0f} "
+                    f"calls/s; spawn to first reply p50 {first['p50']:.1f} ms"
+                )
             for t in order:
                 out = rd["targets"][t.label] = {}
                 log(f"round {rnd + 1}/{self.args.rounds}: {t.label}")
@@ -629,8 +721,10 @@ class Bench:
 
     def derive(self):
         """Medians across rounds, and medians of per-round ratios of every target to the first."""
-        med = {lab: {k: round(statistics.median(v.values()), 3) for k, v in f.items()}
-               for lab, f in self.figs.items()}
+        med = {
+            lab: {k: round(statistics.median(v.values()), 3) for k, v in f.items()}
+            for lab, f in self.figs.items()
+        }
         ratios, base = {}, self.targets[0].label
         for t in self.targets[1:]:
             r = ratios[f"{t.label}/{base}"] = {}
@@ -639,8 +733,9 @@ class Bench:
                 vals = [per[i] / b[i] for i in per if b.get(i)]
                 if vals:
                     r[k] = round(statistics.median(vals), 3)
-        self.doc["figures"] = {lab: {k: dict(sorted(v.items())) for k, v in f.items()}
-                               for lab, f in self.figs.items()}
+        self.doc["figures"] = {
+            lab: {k: dict(sorted(v.items())) for k, v in f.items()} for lab, f in self.figs.items()
+        }
         self.doc["medians"], self.doc["ratios"] = med, ratios
         raws = [r["raw"] for r in self.doc["rounds"] if r["raw"]]
         if raws:
@@ -648,7 +743,9 @@ class Bench:
                 "seq_p50": statistics.median(r["seq"]["p50"] for r in raws),
                 "seq_rps": statistics.median(r["seq"]["rps"] for r in raws),
                 "spawn_first_call_p50": statistics.median(
-                    r["spawn_first_call"]["p50"] for r in raws)}
+                    r["spawn_first_call"]["p50"] for r in raws
+                ),
+            }
 
     def table(self):
         labels = [t.label for t in self.targets]
@@ -658,17 +755,29 @@ class Bench:
             names += [k for k in self.doc["medians"][lab] if k not in names]
         rows = [[f"figure (median of {self.args.rounds} rounds)", *labels, *rcols]]
         for k in names:
-            rows.append([k] + [str(self.doc["medians"][lab].get(k, "-")) for lab in labels]
-                        + [str(self.doc["ratios"][r].get(k, "-")) for r in rcols])
+            rows.append(
+                [k]
+                + [str(self.doc["medians"][lab].get(k, "-")) for lab in labels]
+                + [str(self.doc["ratios"][r].get(k, "-")) for r in rcols]
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+        lines = [
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+            for r in rows
+        ]
         raw = self.doc["medians"].get("raw")
         if raw:
-            lines.append("raw stdio floor: p50 {seq_p50:.3f} ms, {seq_rps:.0f} calls/s; spawn "
-                         "to first reply p50 {spawn_first_call_p50:.1f} ms".format(**raw))
-        lines.append("units: *_p50/p90/p99, overhead, first_call, delete: ms; *_rps: req/s; "
-                     "*cpu_ms_per_req: ms; mem_*: MB (level = live sessions)")
+            lines.append(
+                "raw stdio floor: p50 {seq_p50:.3f} ms, {seq_rps:.0f} calls/s; spawn "
+                "to first reply p50 {spawn_first_call_p50:.1f} ms".format(**raw)
+            )
+        lines.append(
+            "units: *_p50/p90/p99, overhead, first_call, delete: ms; *_rps: req/s; "
+            "*cpu_ms_per_req: ms; mem_*: MB (level = live sessions)"
+        )
         return "\n".join(lines)
 
 
@@ -677,16 +786,22 @@ def _interrupted(signum, frame):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--url", help="a running gateway, e.g. http://127.0.0.1:8080")
     ap.add_argument("--user", default="bench")
     ap.add_argument("--password", default="")
     ap.add_argument("--service", default="echo", help="service running bench/mcp_echo.py")
     ap.add_argument("--pid", type=int, help="the --url gateway's pid, for CPU and memory")
     ap.add_argument("--label", default="gw", help="label of the --url target")
-    ap.add_argument("--start", action="append", default=[], metavar="LABEL::COMMAND",
-                    help="start a gateway: COMMAND with {CONFIG} (else '-c {CONFIG}' appended)")
+    ap.add_argument(
+        "--start",
+        action="append",
+        default=[],
+        metavar="LABEL::COMMAND",
+        help="start a gateway: COMMAND with {CONFIG} (else '-c {CONFIG}' appended)",
+    )
     ap.add_argument("--start-timeout", type=float, default=300.0)
     ap.add_argument("--sandbox", choices=("default", "off"), default="default")
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
@@ -697,8 +812,11 @@ def main():
     ap.add_argument("--spawn-samples", type=int, default=10)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--wrk", default="auto", help="auto, off or a path")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 round, 2 s windows, memory at 0/10/25 sessions")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 round, 2 s windows, memory at 0/10/25 sessions",
+    )
     ap.add_argument("--out", help="write the JSON here (default: stdout)")
     a = ap.parse_args()
     if a.quick:
@@ -708,8 +826,9 @@ def main():
     a.scenarios = [s for s in a.scenarios.split(",") if s]
     bad = set(a.scenarios) - set(SCENARIOS)
     if bad or not (a.url or a.start) or a.rounds < 1 or a.duration <= 0:
-        ap.error("need --url or --start, rounds >= 1, duration > 0; "
-                 f"unknown scenarios: {sorted(bad)}")
+        ap.error(
+            f"need --url or --start, rounds >= 1, duration > 0; unknown scenarios: {sorted(bad)}"
+        )
     signal.signal(signal.SIGTERM, _interrupted)
     targets = []
     try:

@@ -14,12 +14,24 @@ import threading
 
 VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 TOOLS = [
-    {"name": "echo", "description": "Answer the given text unchanged.",
-     "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}},
-                     "required": ["text"]}},
-    {"name": "sleep", "description": "Wait the given number of seconds (0..60), then answer.",
-     "inputSchema": {"type": "object", "properties": {"seconds": {"type": "number"}},
-                     "required": ["seconds"]}},
+    {
+        "name": "echo",
+        "description": "Answer the given text unchanged.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"text": {"type": "string"}},
+            "required": ["text"],
+        },
+    },
+    {
+        "name": "sleep",
+        "description": "Wait the given number of seconds (0..60), then answer.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"seconds": {"type": "number"}},
+            "required": ["seconds"],
+        },
+    },
 ]
 _out = sys.stdout.buffer
 _lock = threading.Lock()
@@ -71,9 +83,14 @@ def handle(msg):
     mid, method, params = msg["id"], msg["method"], msg.get("params") or {}
     if method == "initialize":
         asked = params.get("protocolVersion")
-        reply(mid, {"protocolVersion": asked if asked in VERSIONS else VERSIONS[-1],
-                    "capabilities": {"tools": {"listChanged": False}},
-                    "serverInfo": {"name": "mcp-echo", "version": "1.0"}})
+        reply(
+            mid,
+            {
+                "protocolVersion": asked if asked in VERSIONS else VERSIONS[-1],
+                "capabilities": {"tools": {"listChanged": False}},
+                "serverInfo": {"name": "mcp-echo", "version": "1.0"},
+            },
+        )
     elif method == "ping":
         reply(mid, {})
     elif method == "tools/list":
