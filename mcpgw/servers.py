@@ -21,6 +21,10 @@ log = Logger()
 class RunningServer(Protocol):
     """One MCP server child, spawned and initialized by ``start``."""
 
+    @property
+    def alive(self) -> bool:
+        """Started and still usable (not exited, not broken, not stopping)."""
+
     def start(self) -> Deferred[None]: ...
 
     def list_tools(self) -> Deferred[list[dict[str, Any]]]: ...

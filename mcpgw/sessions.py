@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from mcpgw.config import ServiceConfig, SessionConfig
 from mcpgw.errors import (
     ChildFailed,
+    ServiceUnavailable,
     SessionClosed,
     StartupFailed,
     TooManySessions,
@@ -56,6 +57,8 @@ class Session:
     timeout: float
     metadata: dict[str, Any]
     server: RunningServer | None = None
+    # The server being started (so closing the session can stop it at once).
+    starting_server: RunningServer | None = None
     # Callers waiting for the (single) start in progress.
     start_waiters: list[Deferred[RunningServer]] = attrs.Factory(list)
     starting: bool = False
@@ -125,6 +128,7 @@ class SessionManager(Service):
         self._use_seq = 0
         # Children being stopped, so shutdown can wait for them.
         self._stopping: set[Deferred[None]] = set()
+        self._shutting_down = False
         self._reaper = LoopingCall(self.reap)
         self._reaper.clock = reactor
         self.on_tools_changed: Any = None  # set by the catalog: f(service_name)
@@ -166,6 +170,8 @@ class SessionManager(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
+        # Keep-alive connections outlive the listener: refuse new work from now on.
+        self._shutting_down = True
         if self._reaper.running:
             self._reaper.stop()
         for session in list(self._sessions.values()):
@@ -203,6 +209,8 @@ class SessionManager(Service):
         self, service: str, session_id: str, timeout: float | None, metadata: dict[str, Any] | None
     ) -> tuple[Session, bool]:
         self._service(service)
+        if self._shutting_down:
+            raise ServiceUnavailable("The gateway is shutting down")
         key = (service, session_id)
         session = self._sessions.get(key)
         if session is not None:
@@ -256,7 +264,8 @@ class SessionManager(Service):
         session, created = self._get_or_create(service, session_id, timeout, metadata)
         session.in_flight += 1
         try:
-            restarted = session.restart_pending
+            current = session.server
+            restarted = session.restart_pending or (current is not None and not current.alive)
             server = await self._ensure_started(session)
             if restarted:
                 session.restart_pending = False
@@ -284,8 +293,12 @@ class SessionManager(Service):
     async def _ensure_started(self, session: Session) -> RunningServer:
         if session.closed:
             raise SessionClosed(session.session_id)
-        if session.server is not None:
-            return session.server
+        server = session.server
+        if server is not None:
+            if server.alive:
+                return server
+            # It broke between calls (e.g. an over-long line): replace it now.
+            self._child_lost(session, server)
         waiter: Deferred[RunningServer] = Deferred(
             lambda d: session.start_waiters.remove(d) if d in session.start_waiters else None
         )
@@ -310,11 +323,13 @@ class SessionManager(Service):
         outcome: RunningServer | Failure
         try:
             server = self._factory(svc, on_tools_changed=tools_changed, on_exit=exited)
+            session.starting_server = server
             await server.start()
             outcome = server
         except Exception as e:  # noqa: BLE001 - logged; one failure must not stop the rest
             outcome = Failure(e if isinstance(e, StartupFailed) else StartupFailed(str(e)))
         session.starting = False
+        session.starting_server = None
         waiters, session.start_waiters = session.start_waiters, []
         if isinstance(outcome, Failure):
             log.warn(
@@ -380,6 +395,9 @@ class SessionManager(Service):
         waiters, session.start_waiters = session.start_waiters, []
         for w in waiters:
             w.errback(SessionClosed(session.session_id))
+        if session.starting_server is not None:
+            # Stop a child still starting now, not when its startup_timeout runs out.
+            self._stop_in_background(session.starting_server)
         if session.server is not None:
             server, session.server = session.server, None
             self._stop_in_background(server)

@@ -11,7 +11,14 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpgw.config import ServiceConfig, SessionConfig
-from mcpgw.errors import ChildFailed, SessionClosed, StartupFailed, TooManySessions, UnknownService
+from mcpgw.errors import (
+    ChildFailed,
+    ServiceUnavailable,
+    SessionClosed,
+    StartupFailed,
+    TooManySessions,
+    UnknownService,
+)
 from mcpgw.sessions import CallOutcome, SessionManager
 
 from .fakes import FakeFactory
@@ -164,15 +171,45 @@ class SessionManagerTests(SynchronousTestCase):
         self.assertTrue(server.stopped)
 
     def test_close_while_starting(self) -> None:
-        """Closing a session that is still starting fails its callers and stops the child."""
+        """
+        Closing a session that is still starting fails its callers and stops the child at
+        once (not when its start ends), so a closed session leaves no process behind.
+        """
         self.factory.start_mode = "manual"
         d = self.call()
         self.manager.close_id("s1")
         self.failureResultOf(d, SessionClosed)
         server = self.factory.servers[0]
+        self.assertTrue(server.stopped)
         assert server.started is not None
         server.started.callback(None)
         self.assertTrue(server.stopped)
+
+    def test_shutdown_stops_starting_child(self) -> None:
+        """Stopping the manager stops a child that is still starting."""
+        self.factory.start_mode = "manual"
+        self.manager.startService()
+        d = self.call()
+        self.successResultOf(self.manager.stopService())
+        self.failureResultOf(d, SessionClosed)
+        self.assertTrue(self.factory.servers[0].stopped)
+
+    def test_no_new_session_after_stop(self) -> None:
+        """After stopService (keep-alive connections outlive the listener) no session starts."""
+        self.manager.startService()
+        self.successResultOf(self.manager.stopService())
+        self.failureResultOf(self.call("a", "late"), ServiceUnavailable)
+        self.assertEqual(self.factory.servers, [])
+
+    def test_broken_idle_child_replaced(self) -> None:
+        """A child that broke between calls (no exit seen yet) is replaced on the next call."""
+        self.successResultOf(self.call())
+        self.factory.servers[0].alive = False
+        outcome = self.successResultOf(self.call())
+        self.assertTrue(outcome.restarted)
+        self.assertEqual(len(self.factory.servers), 2)
+        self.assertTrue(self.factory.servers[0].stopped)
+        self.assertFalse(self.successResultOf(self.call()).restarted)
 
     def test_caller_cancel_cancels_upstream(self) -> None:
         """A caller that goes away (client disconnect) cancels the request upstream."""
