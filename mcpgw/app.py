@@ -9,7 +9,6 @@ rate-limits each route by its class, validates bodies and turns domain errors in
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import re
 import time
@@ -28,6 +27,7 @@ import mcpgw
 from mcpgw.catalog import ToolsCatalog
 from mcpgw.config import Config, ServiceConfig
 from mcpgw.errors import BadRequest, GatewayError, RateLimited, UnknownService
+from mcpgw.jsonio import parse_json
 from mcpgw.sessions import SessionManager
 from mcpgw.web import client_ip_of, principal_of, security_event, write_json
 
@@ -125,7 +125,7 @@ class GatewayApp:
         if len(raw) > self._max_body:
             raise PayloadTooLarge(f"Request body too large (limit {self._max_body} bytes)")
         try:
-            body = json.loads(raw)
+            body = parse_json(raw)
         except ValueError:
             raise BadRequest("Invalid JSON") from None
         if not isinstance(body, dict):
@@ -313,7 +313,14 @@ class GatewayApp:
         await self._limit(request, "call")
         if self._swaig is None:
             raise UnknownService("swaig")
-        body = self._json_body(request)
+        try:
+            body = self._json_body(request)
+        except (BadRequest, UnsupportedMediaType) as e:
+            # SignalWire reads a sentence whatever happens: /swaig always answers 200.
+            log.info("SWAIG request refused: {why}", why=e.message)
+            return write_json(
+                request, 200, {"response": "The function request was not valid JSON."}
+            )
         answer = await self._swaig.webhook(
             body, principal=principal_of(request), ip=client_ip_of(request)
         )

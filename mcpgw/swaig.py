@@ -52,6 +52,7 @@ from mcpgw.errors import (
     TooManySessions,
     UnknownService,
 )
+from mcpgw.jsonio import parse_json
 
 HANGUP_FUNCTION = "mcp_gateway_hangup"
 HANGUP_DESCRIPTION = "Close this call's MCP tool sessions when the call ends."
@@ -300,7 +301,7 @@ def _arguments(function: str, argument: Any) -> dict[str, Any]:
         value: Any = parsed[0]
     elif isinstance(argument.get("raw"), str) and argument["raw"].strip():
         try:
-            value = json.loads(argument["raw"])
+            value = parse_json(argument["raw"])
         except ValueError:
             raise SwaigRefusal(
                 f"The arguments for {function} were not valid JSON; please try again."

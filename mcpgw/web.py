@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, cast
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -25,6 +26,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mcpgw.auth import Credentials, authenticate
+from mcpgw.jsonio import json_bytes
 
 log = Logger()
 
@@ -38,18 +40,15 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 HSTS = (b"Strict-Transport-Security", b"max-age=31536000; includeSubDomains")
 JSON_TYPE = b"application/json"
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def json_bytes(body: Any) -> bytes:
-    return _encoder.encode(body).encode("utf-8")
+# Reason phrases Twisted does not know.
+_REASONS = {429: b"Too Many Requests"}
 
 
 def write_json(
     request: IRequest, status: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> bytes:
     """Set the status and headers of a JSON answer; the caller returns the bytes."""
-    request.setResponseCode(status)
+    request.setResponseCode(status, _REASONS.get(status))
     request.setHeader(b"Content-Type", JSON_TYPE)
     for name, value in headers:
         request.setHeader(name, value)
@@ -86,9 +85,9 @@ class GatewayResource(Resource):
         """
         @param client_ip: the client address of a request (peer, or X-Forwarded-For from a
             trusted proxy).
-        @param on_auth_failure: called with the client IP after a failed authentication; may
-            fire with a ``RateLimited``-like error (anything with ``status``, ``body()`` and
-            ``retry_after``) to answer 429 instead of 401.
+        @param on_auth_failure: called with the client IP after a failed authentication; fires
+            with the rate-limit decision of ``(-, IP)`` (``mcpgw.ratelimit.Decision``, or None
+            when nothing limits): refused answers 429 instead of 401.
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self._inner = inner
@@ -106,6 +105,10 @@ class GatewayResource(Resource):
         path = request.path
         if path == b"/health":
             return self._inner.render(request)
+        try:
+            unquote_to_bytes(path).decode("utf-8")
+        except UnicodeDecodeError:
+            return write_json(request, 400, {"error": "Invalid URL encoding"})
         ip = self._client_ip(request)
         setattr(request, "_mcpgw_ip", ip)  # noqa: B010
         auth = request.requestHeaders.getRawHeaders(b"authorization")
@@ -124,30 +127,42 @@ class GatewayResource(Resource):
             return self._unauthorized(request)
         d = self._on_auth_failure(ip)
         d.addCallbacks(
-            lambda _: self._finish(request, self._unauthorized(request)),
-            lambda f: self._finish(request, self._refused(request, f)),
+            lambda decision: self._finish(request, self._limited(request, ip, decision)),
+            lambda f: self._finish(request, self._failed(request, f)),
         )
         return NOT_DONE_YET
 
     @staticmethod
-    def _unauthorized(request: IRequest) -> bytes:
+    def _unauthorized(request: IRequest, headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
         return write_json(
             request,
             401,
             {"error": "Authentication required"},
-            [(b"WWW-Authenticate", b'Basic realm="MCP Gateway"')],
+            [*headers, (b"WWW-Authenticate", b'Basic realm="MCP Gateway"')],
         )
 
     @staticmethod
-    def _refused(request: IRequest, failure: Failure) -> bytes:
-        err = failure.value
-        status = getattr(err, "status", None)
-        if status != 429:
-            log.failure("while limiting a failed authentication", failure)
+    def _limited(request: IRequest, ip: str, decision: Any) -> bytes:
+        """401, or 429 once ``(-, IP)`` is over its limit; RateLimit-* headers on both."""
+        if decision is None:
             return GatewayResource._unauthorized(request)
-        extra = list(getattr(err, "headers", ()))
-        extra.append((b"Retry-After", str(getattr(err, "retry_after", 1)).encode()))
-        return write_json(request, 429, err.body(), extra)  # type: ignore[union-attr]
+        headers = decision.headers()
+        if decision.allowed:
+            return GatewayResource._unauthorized(request, headers)
+        text = decision.limit.text
+        security_event(
+            "rate_limited",
+            ip=ip,
+            principal="-",
+            limit=text,
+            path=request.path.decode("latin-1")[:256],
+        )
+        return write_json(request, 429, {"error": f"Rate limit exceeded: {text}"}, headers)
+
+    @staticmethod
+    def _failed(request: IRequest, failure: Failure) -> bytes:
+        log.failure("while limiting a failed authentication", failure)
+        return GatewayResource._unauthorized(request)
 
     @staticmethod
     def _finish(request: IRequest, body: bytes) -> None:

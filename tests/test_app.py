@@ -78,13 +78,7 @@ class Gateway:
             return client_ip(getattr(request.getClientAddress(), "host", ""), None, ())
 
         def auth_failed(ip: str) -> Any:
-            from mcpgw.errors import RateLimited
-
-            def decide(decision: Any) -> None:
-                if decision is not None and not decision.allowed:
-                    raise RateLimited(decision.limit.text, decision.retry_after_seconds)
-
-            return self.limiter.check("default", "-", ip).addCallback(decide)
+            return self.limiter.check("default", "-", ip)
 
         root = GatewayResource(
             app.resource(),
@@ -505,3 +499,87 @@ class SessionRouteTests(SynchronousTestCase):
         r = self.gw.request("DELETE", "/sessions/x")
         self.assertEqual(r.code, 404)
         self.assertEqual(self.gw.json(r), {"error": "Session x not found"})
+
+
+class HostileInputTests(SynchronousTestCase):
+    """Input that once produced a 500: each now has its proper answer."""
+
+    def setUp(self) -> None:
+        self.gw = Gateway(self)
+
+    def test_deeply_nested_json(self) -> None:
+        """A body nested beyond the parser's recursion limit is 400 Invalid JSON."""
+        raw = (
+            b'{"tool": "echo", "session_id": "s", "arguments": '
+            + b"[" * 100_000
+            + b"]" * 100_000
+            + b"}"
+        )
+        r = self.gw.call({}, raw=raw)
+        self.assertEqual((r.code, self.gw.json(r)), (400, {"error": "Invalid JSON"}))
+
+    def test_nan_refused(self) -> None:
+        """NaN and Infinity are not JSON: 400 Invalid JSON, nothing forwarded."""
+        raw = b'{"tool": "echo", "session_id": "s", "arguments": {"x": NaN}}'
+        self.assertEqual(self.gw.call({}, raw=raw).code, 400)
+        self.assertEqual(self.gw.factory.servers, [])
+
+    def test_lone_surrogate(self) -> None:
+        """A lone surrogate in arguments and in the tool name is answered, not a 500."""
+        raw = b'{"tool": "echo", "session_id": "s", "arguments": {"text": "\\ud800"}}'
+        r = self.gw.call({}, raw=raw)
+        self.assertEqual(r.code, 200)
+        self.assertIn("ud800", self.gw.json(r)["result"])
+        raw = b'{"tool": "\\ud800", "session_id": "s"}'
+        self.assertEqual(self.gw.call({}, raw=raw).code, 200)
+
+    def test_non_finite_result(self) -> None:
+        """A child's Infinity becomes null in the answer, which stays valid JSON."""
+        self.gw.factory.auto_answer = False
+        d = self.gw.send("/services/echo/call", {"tool": "echo", "session_id": "s"})
+        result = {"content": [], "structuredContent": {"sum": float("inf")}}
+        self.gw.factory.servers[0].calls[0][3].callback(result)
+        self.gw.stub.flush()
+        r = self.successResultOf(d)
+        text = self.successResultOf(r.content())
+        self.assertNotIn(b"Infinity", text)
+        self.assertIsNone(json.loads(text)["mcp_result"]["structuredContent"]["sum"])
+
+    def test_non_utf8_url(self) -> None:
+        """A URL that is not UTF-8 is a JSON 400."""
+        r = self.gw.request("DELETE", "/sessions/%FF")
+        self.assertEqual(r.code, 400)
+        self.assertIn("error", self.gw.json(r))
+
+    def test_429_reason_phrase(self) -> None:
+        """429 answers carry the phrase Too Many Requests."""
+        gw = Gateway(self, rate_limiting={"default_limits": ["1 per minute"]})
+        gw.request("GET", "/services")
+        r = gw.request("GET", "/services")
+        self.assertEqual((r.code, r.phrase), (429, b"Too Many Requests"))
+
+    def test_failed_auth_headers_and_event(self) -> None:
+        """Limited failed logins carry RateLimit-* headers; the refusal logs rate_limited."""
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        gw = Gateway(self, rate_limiting={"default_limits": ["2 per minute"]})
+        first = gw.request("GET", "/services", auth="Bearer nope")
+        self.assertEqual(first.code, 401)
+        self.assertEqual(first.headers.getRawHeaders("RateLimit-Remaining"), ["1"])
+        gw.request("GET", "/services", auth="Bearer nope")
+        r = gw.request("GET", "/services", auth="Bearer nope")
+        self.assertEqual(r.code, 429)
+        self.assertEqual(r.headers.getRawHeaders("RateLimit-Limit"), ["2"])
+        self.assertIsNotNone(r.headers.getRawHeaders("Retry-After"))
+        kinds = [json.loads(formatEvent(e))["event"] for e in events if "security" in e]
+        self.assertEqual(kinds.count("auth_failed"), 3)
+        self.assertEqual(kinds.count("rate_limited"), 1)
+
+    def test_swaig_bad_body_is_200(self) -> None:
+        """POST /swaig answers 200 with a sentence even for a body it cannot read."""
+        for headers, raw in [({}, b"{nope"), ({"Content-Type": "text/plain"}, b"{}")]:
+            r = self.gw.request("POST", "/swaig", headers=headers, raw=raw)
+            self.assertEqual(r.code, 200)
+            self.assertIn("response", self.gw.json(r))
