@@ -10,6 +10,7 @@ for, or a port that cannot be bound, with one line on stderr and no traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -84,8 +85,11 @@ def main(
         run_app(options)
     except CannotListenError as e:
         where = f"{e.interface or '0.0.0.0'}:{e.port}"
+        # A port in use (or privileged) is the port's fault; anything else the host's.
+        errno_ = getattr(e.socketError, "errno", None)
+        key = "server.port" if errno_ in (errno.EADDRINUSE, errno.EACCES) else "server.host"
         print(
-            f"{args.config}: server.port: cannot listen on {where}: {e.socketError}",
+            f"{args.config}: {key}: cannot listen on {where}: {e.socketError}",
             # twistd has redirected sys.stderr into its log by now.
             file=sys.__stderr__,
         )

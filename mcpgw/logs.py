@@ -48,11 +48,17 @@ class FileLogService(Service):
         self._file: IO[str] | None = None
         self._observer: Any = None
 
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+    def open(self) -> None:
+        """Start writing to the file (idempotent; also done by ``startService``)."""
+        if self._file is not None:
+            return
         self._file = open(self._path, "a", encoding="utf-8")
         self._observer = filtered(textFileLogObserver(self._file), self._level)
         globalLogPublisher.addObserver(self._observer)
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.open()
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]

@@ -45,24 +45,56 @@ class Options(usage.Options):
 
 
 def load_checked(path: str, environ: Mapping[str, str], cwd: str) -> Config:
-    """Load the config and check what can only be checked on disk (the TLS files)."""
+    """
+    Load the config and check what can only be checked on disk: the TLS files, the log
+    file (opened for appending) and ``session.sandbox_dir`` (an existing writable directory,
+    or creatable: it is made when the gateway starts, after twistd has dropped privileges).
+    """
     from mcpgw.listen import certificate_options, wants_tls
 
     config = load_config(path, environ, cwd)
     if wants_tls(config):
         certificate_options(config)
+    if config.logging.file:
+        try:
+            open(config.logging.file, "a").close()
+        except OSError as e:
+            raise ConfigError(path, "logging.file", f"cannot append to it: {e}") from None
+    _check_dir(path, "session.sandbox_dir", config.session.sandbox_dir)
     return config
+
+
+def _check_dir(source: str, key: str, directory: str) -> None:
+    existing = directory
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        raise ConfigError(source, key, f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(source, key, f"{existing} is not writable")
 
 
 class GatewayService(MultiService):
     """The whole gateway; its parts are reachable for tests and the shim."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Config) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self.config = config
         self.app: GatewayApp | None = None
         self.listener: ListenerService | None = None
         self.sessions: SessionManager | None = None
         self.catalog: ToolsCatalog | None = None
+
+    def startService(self) -> None:
+        # After twistd has shed privileges: the sandbox is the runtime user's, and so are
+        # the probes' children (SPEC 5: probed once the listener is up).
+        os.makedirs(self.config.session.sandbox_dir, mode=0o700, exist_ok=True)
+        super().startService()  # type: ignore[no-untyped-call]
+        if self.catalog is not None:
+            self.catalog.probe_all()
 
 
 def build_service(
@@ -74,17 +106,18 @@ def build_service(
     """Wire the gateway for ``config``."""
     from mcpgw.ratelimit import RateLimiter, client_ip
 
-    top = GatewayService()
+    top = GatewayService(config)
+    if config.logging.file:
+        # Opened now, so the file also gets what is logged while the gateway starts.
+        file_log = FileLogService(config.logging.file, config.logging.level)
+        file_log.open()
+        file_log.setServiceParent(top)  # type: ignore[no-untyped-call]
     if config.unknown_keys:
         log.warn(
             "{source}: unknown configuration keys ignored: {keys}",
             source=config.source,
             keys=", ".join(config.unknown_keys),
         )
-    if config.logging.file:
-        FileLogService(config.logging.file, config.logging.level).setServiceParent(top)  # type: ignore[no-untyped-call]
-
-    os.makedirs(config.session.sandbox_dir, mode=0o700, exist_ok=True)
     factory = server_factory or mcp_server_factory(reactor, config.session.sandbox_dir, environ)
     services = config.enabled_services
     catalog = ToolsCatalog(services, factory)
@@ -113,27 +146,17 @@ def build_service(
             trusted,
         )
 
-    def auth_failed(ip: str) -> Any:
-        from mcpgw.errors import RateLimited
-
-        def decide(decision: Any) -> None:
-            if decision is not None and not decision.allowed:
-                raise RateLimited(decision.limit.text, decision.retry_after_seconds)
-
-        return limiter.check("default", "-", ip).addCallback(decide)
-
     root = GatewayResource(
         gateway.resource(),
         Credentials.from_config(config),
         client_ip=ip_of,
-        on_auth_failure=auth_failed,
+        on_auth_failure=lambda ip: limiter.check("default", "-", ip),
     )
     site = GatewaySite(root, config.server.max_body_bytes, reactor=reactor)
     endpoint, scheme = server_endpoint(reactor, config)
 
     def listening(host: str, port: int) -> None:
         swaig.default_base = f"{scheme}://{url_host(host)}:{port}"
-        catalog.probe_all()
 
     listener = ListenerService(endpoint, site, scheme, on_listening=listening)
     listener.setServiceParent(top)  # type: ignore[no-untyped-call]

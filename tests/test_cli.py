@@ -82,3 +82,21 @@ class ShimTests(SynchronousTestCase):
         self.assertEqual(options.subCommand, "mcp-gateway")
         self.assertEqual(options.subOptions["config"], path)
         self.assertIs(options["logger"], logs.stdout_observer)
+
+    def test_unusable_paths_exit_2(self) -> None:
+        """A log file or sandbox dir that cannot be used exits 2 naming its key, no traceback."""
+        blocker = os.path.join(self.dir, "a-file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        cases = [
+            ({"logging": {"file": os.path.join(blocker, "gw.log")}}, "logging.file"),
+            (
+                {"session": {"sandbox_dir": os.path.join(blocker, "sandbox")}},
+                "session.sandbox_dir",
+            ),
+        ]
+        for overrides, key in cases:
+            code, _, err = self.run_main(["-c", gateway_config(self.dir, **overrides)])
+            self.assertEqual(code, 2, err)
+            self.assertIn(key, err)
+            self.assertEqual(len(err.strip().splitlines()), 1)

@@ -57,6 +57,7 @@ class GatewayInProcess(TestCase):
                 "counter": {"command": [sys.executable, COUNTER]},
             },
             "session": {"sandbox_dir": self.sandbox, "max_sessions_per_service": 3},
+            "logging": {"file": os.path.join(self.dir, "gateway.log")},
             "rate_limiting": {
                 "default_limits": [],
                 "tools_limit": "1000/second",
@@ -183,3 +184,12 @@ class GatewayInProcess(TestCase):
         self.assertEqual(body["result"], "1")
         r = await http.get(f"{self.url}/services/counter/tools", auth=AUTH)
         self.assertEqual([t["name"] for t in json.loads(await r.text())["tools"]], ["incr"])
+
+    async def test_log_file_has_startup_and_events(self) -> None:
+        """logging.file gets the startup lines too, and the security events."""
+        await self.call("echo", "lf", {"text": "x"})
+        with open(os.path.join(self.dir, "gateway.log")) as f:
+            text = f.read()
+        self.assertIn("listening on http://127.0.0.1:", text)
+        self.assertIn('"event": "tool_call"', text)
+        self.assertNotIn('"text"', text)  # tool arguments are never logged at INFO
