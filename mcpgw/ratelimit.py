@@ -82,17 +82,21 @@ def parse_limits(texts: str | Iterable[str]) -> tuple[Limit, ...]:
     Parse a list of limit strings; every one must allow a request.
 
     A single string is accepted too, and may hold several limits separated by ``;`` or ``,``
-    (``"10 per minute; 100 per day"``).
+    (``"10 per minute; 100 per day"``). A repeated limit (same amount and period, however
+    written) counts once, as first written: it is one bucket, not two to take from.
 
     @raise ValueError: for the first invalid item.
     """
     items = [texts] if isinstance(texts, str) else list(texts)
-    limits: list[Limit] = []
+    limits: dict[tuple[int, float], Limit] = {}
     for item in items:
         if not isinstance(item, str):
             raise ValueError(f"rate limit must be a string such as '10 per minute', not {item!r}")
-        limits.extend(parse_limit(part) for part in re.split(r"[;,]", item) if part.strip())
-    return tuple(limits)
+        for part in re.split(r"[;,]", item):
+            if part.strip():
+                limit = parse_limit(part)
+                limits.setdefault((limit.amount, limit.period), limit)
+    return tuple(limits.values())
 
 
 @attrs.frozen

@@ -8,8 +8,15 @@ with Redis ``TIME``, refills and takes from every bucket of the request atomical
 
 Redis being unreachable never stops or slows the gateway down for long: a check that finds no
 connection, fails, or gets no answer within ``timeout`` seconds fails open (fires ``None``).
-The outage is logged once; the store reconnects on the injected reactor with a backoff and
-enforces limits again as soon as Redis answers.
+A connection is used only once Redis has answered a PING on it (a Redis that accepts
+connections but is stopped answers nothing). After a check goes unanswered, the connection is
+dropped and every check fails open at once until a new connection answers its PING; the retry
+delay keeps growing until a check is answered again. The outage is logged once; the store
+reconnects on the injected reactor with a backoff and enforces limits again as soon as Redis
+answers.
+
+A caller that cancels its check (Klein does on client disconnect) only stops waiting: the
+script still runs, and the shared connection is left alone.
 
 txredisapi imports the global reactor, so it is imported here, lazily, and only its protocol is
 used: connecting and reconnecting go through endpoints built on the injected reactor.
@@ -176,8 +183,13 @@ class RedisStore:
         self._min_retry_delay = min_retry_delay
         self._max_retry_delay = max_retry_delay
         self._prefix = prefix
+        # The connection being set up or in use, and the one checks use (once it answered).
+        self._conn: Any = None
         self._proto: Any = None
         self._down = False
+        # A check went unanswered: back off before reconnecting until a check is answered.
+        self._suspect = False
+        self._delay = min_retry_delay
         self._stopping = False
         self._loop: Deferred[None] | None = None
 
@@ -209,54 +221,77 @@ class RedisStore:
     def stop(self) -> Deferred[None] | None:
         """Stop reconnecting and close the connection; fires once it is closed."""
         self._stopping = True
+        conn, self._conn, self._proto = self._conn, None, None
+        closed: Deferred[None] | None = None
+        if conn is not None and conn.connected:
+            closed = conn.whenDisconnected().addCallback(lambda _: None)
+            conn.transport.loseConnection()
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.cancel()
-        proto, self._proto = self._proto, None
-        if proto is None or not proto.connected:
-            return None
-        closed: Deferred[None] = proto.whenDisconnected().addCallback(lambda _: None)
-        proto.transport.loseConnection()
         return closed
 
     async def _run(self) -> None:
         factory = _ProtocolFactory(self)
-        delay = self._min_retry_delay
         while not self._stopping:
             try:
-                proto: Any = await self.endpoint().connect(factory)
-                ready = proto.whenConnected()
-                proto.whenDisconnected().addCallback(_abandon, ready)
-                ready.addTimeout(self._connect_timeout, self.reactor)
-                try:
-                    await ready
-                except BaseException:
-                    proto.transport.abortConnection()
-                    raise
+                proto = await self._connect(factory)
             except Exception as e:  # noqa: BLE001 - any failure means: retry later
                 if self._stopping:
                     return
                 self._mark_down(_describe(e))
-                await deferLater(self.reactor, delay, lambda: None)
-                delay = min(delay * 2, self._max_retry_delay)
+                await self._back_off()
                 continue
-            delay = self._min_retry_delay
             self._ready(proto)
             await proto.whenDisconnected()
             if self._proto is proto:
                 self._proto = None
-            if not self._stopping:
-                self._mark_down("connection lost")
+            if self._stopping:
+                return
+            self._mark_down("connection lost")
+            if self._suspect:
+                await self._back_off()
+
+    async def _connect(self, factory: _ProtocolFactory) -> Any:
+        """Connect, and wait for AUTH and SELECT (if any) and a PING to be answered."""
+        proto: Any = await self.endpoint().connect(factory)
+        self._conn = proto
+        handshake: Deferred[Any] = proto.whenConnected()
+        handshake.addCallback(lambda p: p.ping())
+        proto.whenDisconnected().addCallback(_abandon, handshake)
+        handshake.addTimeout(self._connect_timeout, self.reactor)
+        try:
+            await handshake
+        except DeferredTimeout:
+            proto.transport.abortConnection()
+            raise _NoAnswer(f"no answer within {self._connect_timeout:g} s") from None
+        except BaseException:
+            proto.transport.abortConnection()
+            raise
+        return proto
+
+    async def _back_off(self) -> None:
+        await deferLater(self.reactor, self._delay, lambda: None)
+        self._delay = min(self._delay * 2, self._max_retry_delay)
 
     def _ready(self, proto: Any) -> None:
+        """Redis answered the PING on ``proto``: checks use it from now on."""
         self._proto = proto
+        if self._suspect:
+            # The last connection stopped answering: only an answered check ends the outage.
+            return
+        self._delay = self._min_retry_delay
+        if self._down:
+            self._recovered()
+        else:
+            self.log.info("connected to Redis at {where}", where=self._where)
+
+    def _recovered(self) -> None:
         if self._down:
             self._down = False
             self.log.info(
                 "Redis at {where} answers again; rate limits are enforced", where=self._where
             )
-        else:
-            self.log.info("connected to Redis at {where}", where=self._where)
 
     def _mark_down(self, why: str) -> None:
         if self._down or self._stopping:
@@ -282,27 +317,50 @@ class RedisStore:
         args: list[str] = []
         for limit in limits:
             args += [str(limit.amount), str(int(limit.period * 1_000_000))]
-        d: Deferred[Any] = proto.eval(LUA_HIT, keys, args)
-        d.addTimeout(self._timeout, self.reactor)
-        d.addCallback(self._answered, limits)
-        d.addErrback(self._failed_open, proto)
-        return d
+        # The caller gets its own Deferred: cancelling it (the HTTP client went away) only
+        # stops the wait; the script's answer still arrives, and is then ignored.
+        result: Deferred[Decision | None] = Deferred(lambda _: timer.cancel())
+        timer = self.reactor.callLater(self._timeout, self._no_answer, result, proto)
+
+        def deliver(outcome: Decision | None) -> None:
+            if timer.active():
+                timer.cancel()
+            if not result.called:
+                result.callback(outcome)
+
+        try:
+            answer: Deferred[Any] = proto.eval(LUA_HIT, keys, args)
+        except Exception as e:  # noqa: BLE001 - e.g. the connection has just closed
+            self._mark_down(_describe(e))
+            deliver(None)
+        else:
+            answer.addCallback(self._answered, limits).addErrback(self._failed)
+            answer.addCallback(deliver)
+        return result
 
     def _answered(self, levels: Sequence[Any], limits: Sequence[Limit]) -> Decision:
         decision = decide(limits, [float(level) for level in levels])
-        if self._down:
-            self._down = False
-            self.log.info(
-                "Redis at {where} answers again; rate limits are enforced", where=self._where
-            )
+        self._suspect = False
+        self._delay = self._min_retry_delay
+        self._recovered()
         return decision
 
-    def _failed_open(self, failure: Any, proto: Any) -> None:
+    def _failed(self, failure: Any) -> None:
+        """An error reply or a lost connection: fail open, keep the connection."""
         self._mark_down(_describe(failure.value))
-        if failure.check(CancelledError, DeferredTimeout) and proto.connected:
-            # No answer in time: assume the connection is dead and make a new one.
+
+    def _no_answer(self, result: Deferred[Decision | None], proto: Any) -> None:
+        """
+        No answer in time: fail open, now and for every check until a new connection answers
+        its PING, and drop this connection (it may be dead without the kernel knowing).
+        """
+        self._suspect = True
+        if self._proto is proto:
+            self._proto = None
+        self._mark_down(f"no answer within {self._timeout:g} s")
+        result.callback(None)
+        if proto.connected:
             proto.transport.abortConnection()
-        return None
 
     def evict_idle(self, now: float) -> int:
         """Nothing to do: Redis expires idle buckets itself."""
@@ -316,6 +374,10 @@ def _txredisapi() -> Any:
         warnings.simplefilter("ignore", BytesWarning)
         import txredisapi
     return txredisapi
+
+
+class _NoAnswer(Exception):
+    """Redis accepted the connection but did not answer in time."""
 
 
 def _abandon(proto: Any, ready: Deferred[Any]) -> None:

@@ -78,6 +78,14 @@ class ParseLimitTests(SynchronousTestCase):
         self.assertEqual(parse_limits([]), ())
         self.assertRaises(ValueError, parse_limits, ["10 per minute", "bogus"])
 
+    def test_duplicates(self) -> None:
+        """A limit repeated (however written) is kept once, as first written, in order."""
+        self.assertEqual(
+            parse_limits(["3 per minute", "1/second", "3 per minute", "3/minutes"]),
+            (Limit(3, 60.0, "3 per minute"), Limit(1, 1.0, "1/second")),
+        )
+        self.assertEqual(parse_limits("3/minute; 3 per minute"), (Limit(3, 60.0, "3/minute"),))
+
 
 class TokenBucketTests(SynchronousTestCase):
     """L{TokenBucket} arithmetic, driven by explicit times."""
@@ -203,6 +211,11 @@ class MemoryStoreTests(SynchronousTestCase):
         decision = self.hit("k", limits)
         self.assertTrue(decision.allowed)
         self.assertEqual((decision.limit.text, decision.remaining), ("3 per minute", 0))
+
+    def test_duplicate_limit_charged_once(self) -> None:
+        """A limit listed twice takes one token per request: 3 per minute allows 3."""
+        limits = parse_limits(["3 per minute", "3 per minute"])
+        self.assertEqual([self.hit("k", limits).allowed for _ in range(4)], [True] * 3 + [False])
 
     def test_keys_independent(self) -> None:
         """Each key has its own buckets."""

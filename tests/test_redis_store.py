@@ -5,15 +5,19 @@ the tests start as a child process on a free loopback port.
 
 from __future__ import annotations
 
+import itertools
 import os
+import signal
 import socket
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from mcpgw.config import RateLimitConfig
 from mcpgw.ratelimit import Decision, RateLimiter, bucket_key, parse_limits
@@ -158,12 +162,61 @@ class RedisTestsMixin:
         self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore
         return events
 
+    def listen_fake(self, answer: bytes) -> list[protocol.Protocol]:
+        """
+        Listen on a free loopback port (``self.port``) with a fake server that sends
+        ``answer`` once, on its first data (a PING), then never answers again; closed on
+        cleanup. Returns the server-side connections.
+        """
+        from twisted.internet import reactor
+
+        connections: list[protocol.Protocol] = []
+        lost: list[Deferred[None]] = []
+
+        class Fake(protocol.Protocol):
+            answered = False
+
+            def connectionMade(self) -> None:
+                connections.append(self)
+                self.lost: Deferred[None] = Deferred()
+                lost.append(self.lost)
+
+            def dataReceived(self, data: bytes) -> None:
+                if answer and not self.answered:
+                    self.answered = True
+                    self.transport.write(answer)  # type: ignore[union-attr]
+
+            def connectionLost(self, reason: Any = None) -> None:
+                self.lost.callback(None)
+
+        listening = reactor.listenTCP(0, protocol.Factory.forProtocol(Fake), interface="127.0.0.1")
+
+        async def close() -> None:
+            await listening.stopListening()
+            for connection in connections:
+                assert connection.transport is not None
+                connection.transport.loseConnection()
+            for d in lost:
+                await d
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(close()))  # type: ignore[attr-defined]
+        self.port = listening.getHost().port
+        return connections
+
 
 def warnings_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         e
         for e in events
         if e.get("log_level") == LogLevel.warn and "unreachable" in e.get("log_format", "")
+    ]
+
+
+def recoveries_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in events
+        if e.get("log_level") == LogLevel.info and "answers again" in e.get("log_format", "")
     ]
 
 
@@ -286,28 +339,97 @@ class RedisStoreTests(RedisTestsMixin, TestCase):
         self.assertIsNone(await store.hit("k", parse_limits("1 per minute")))
 
     async def test_no_answer_times_out(self) -> None:
-        """A server that accepts but never answers makes checks fail open after the timeout."""
-        from twisted.internet import reactor
-
-        connected: list[Any] = []
-
-        class Silent(protocol.Protocol):
-            def connectionMade(self) -> None:
-                connected.append(self.transport)
-
-        listening = reactor.listenTCP(
-            0, protocol.Factory.forProtocol(Silent), interface="127.0.0.1"
-        )
-        self.addCleanup(listening.stopListening)
-        self.port = listening.getHost().port
+        """
+        A server that answers the PING and then nothing makes checks fail open after the
+        timeout; the timeout is logged once, as text.
+        """
+        self.listen_fake(b"+PONG\r\n")
         events = self.observe()
         store = self.make_store(timeout=0.2)
-        # Without a password nothing is asked at connection time, so the store is connected.
         await self.until(lambda: store.connected, "connected")
         self.assertIsNone(await store.hit("k", parse_limits("1 per minute")))
         self.assertEqual(len(warnings_of(events)), 1)
-        for transport in connected:
-            transport.loseConnection()
+        self.assertEqual(warnings_of(events)[0]["why"], "no answer within 0.2 s")
+
+    async def test_accepts_but_never_answers(self) -> None:
+        """
+        A server that accepts connections but answers nothing (not even the PING) is never
+        taken as connected: checks fail open at once, and the outage is logged once, as text.
+        """
+        connections = self.listen_fake(b"")
+        events = self.observe()
+        store = self.make_store(timeout=0.2, connect_timeout=0.2)
+        await self.until(lambda: len(connections) >= 2, "a reconnection")
+        self.assertFalse(store.connected)
+        hit = store.hit("k", parse_limits("1 per minute"))
+        self.assertIsNone(self.successResultOf(hit))
+        self.assertEqual([e["why"] for e in warnings_of(events)], ["no answer within 0.2 s"])
+        self.assertEqual(recoveries_of(events), [])
+
+    async def test_stopped_redis_fails_open_at_once(self) -> None:
+        """
+        A Redis that stops answering (SIGSTOP) costs one check the timeout; after that every
+        check fails open at once and nothing more is logged, however often the store retries.
+        Once Redis runs again, limits are enforced again and that is logged once.
+        """
+        from twisted.internet import reactor
+
+        events = self.observe()
+        proc = await self.start_redis()
+        store = self.make_store(timeout=0.2, connect_timeout=0.3)
+        await self.until(lambda: store.connected, "connected")
+        limits = parse_limits("100 per minute")
+        self.assertIsNotNone(await store.hit("k", limits))
+        assert proc.transport is not None
+        proc.transport.signalProcess(signal.SIGSTOP)
+        self.assertIsNone(await store.hit("k", limits))
+        for _ in range(10):
+            # Long enough for several reconnection attempts.
+            await deferLater(reactor, 0.15, lambda: None)
+            hit = store.hit("k", limits)
+            self.assertIsNone(self.successResultOf(hit))
+        self.assertEqual([e["why"] for e in warnings_of(events)], ["no answer within 0.2 s"])
+        self.assertEqual(recoveries_of(events), [])
+
+        proc.transport.signalProcess(signal.SIGCONT)
+        decision = None
+        for _ in range(200):
+            decision = await store.hit("k", limits)
+            if decision is not None:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(decision is not None and decision.allowed)
+        self.assertEqual(len(warnings_of(events)), 1)
+        self.assertEqual(len(recoveries_of(events)), 1)
+
+    async def test_cancelled_check_leaves_others_alone(self) -> None:
+        """
+        A check cancelled by its caller (the HTTP client went away) fails with CancelledError
+        and nothing else: the other checks in flight are answered, nothing is logged and the
+        connection stays up. The cancelled check's script still runs.
+        """
+        events = self.observe()
+        await self.start_redis()
+        store = self.make_store()
+        await self.until(lambda: store.connected, "connected")
+        limits = parse_limits("1 per minute")
+        checks = [store.hit(f"k{i}", limits) for i in range(10)]
+        checks[0].cancel()
+        self.failureResultOf(checks[0], CancelledError)
+        results = [await check for check in checks[1:]]
+        self.assertEqual([r.allowed if r else None for r in results], [True] * 9)
+        self.assertEqual(warnings_of(events), [])
+        self.assertTrue(store.connected)
+        self.assertEqual(await store._proto.execute_command("EXISTS", "mcpgw:rl:{k0}:1/60"), 1)
+
+    async def test_repeated_limit_charged_once(self) -> None:
+        """The same limit written twice takes one token per request: 3 per minute allows 3."""
+        await self.start_redis()
+        store = self.make_store()
+        await self.until(lambda: store.connected, "connected")
+        limits = parse_limits(["3 per minute", "3/minute", "3 per minute"])
+        results = [await store.hit("k", limits) for _ in range(4)]
+        self.assertEqual([r.allowed if r else None for r in results], [True] * 3 + [False])
 
     async def test_limiter_service(self) -> None:
         """RateLimiter with a redis:// storage_uri uses the Redis store and stops cleanly."""
@@ -378,3 +500,198 @@ class EndpointTests(SynchronousTestCase):
         store = RedisStore(Clock(), "redis://127.0.0.1:1")
         self.assertIsNone(self.successResultOf(store.hit("k", parse_limits("1/minute"))))
         self.assertIsNone(store.stop())
+
+
+class FakeConnection:
+    """A txredisapi protocol stand-in whose answers the L{FakeServer} controls."""
+
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+        self.connected = 1
+        self.transport = self
+        self.aborted: float | None = None
+        self.pending: list[Deferred[Any]] = []
+        self.lost: list[Deferred[Any]] = []
+
+    def whenConnected(self) -> Deferred[Any]:
+        return succeed(self)
+
+    def whenDisconnected(self) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.lost.append(d)
+        return d
+
+    def _reply(self, answering: bool, value: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        if answering:
+            d.callback(value)
+        else:
+            self.pending.append(d)
+        return d
+
+    def ping(self) -> Deferred[Any]:
+        return self._reply(self.server.pings, "PONG")
+
+    def eval(self, script: str, keys: list[str], args: list[str]) -> Deferred[Any]:
+        self.server.evals += 1
+        return self._reply(self.server.answers, ["5"] * len(keys))
+
+    def abortConnection(self) -> None:
+        self.aborted = self.server.clock.seconds()
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        if not self.connected:
+            return
+        self.connected = 0
+        pending, self.pending = self.pending, []
+        for d in pending:
+            d.errback(ConnectionError("Lost connection"))
+        lost, self.lost = self.lost, []
+        for d in lost:
+            d.callback(self)
+
+
+@implementer(IStreamClientEndpoint)
+class FakeServer:
+    """An endpoint to a fake Redis: whether it answers PINGs and scripts is up to the test."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.pings = False
+        self.answers = False
+        self.evals = 0
+        self.attempts: list[float] = []
+        self.connections: list[FakeConnection] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.attempts.append(self.clock.seconds())
+        self.connections.append(FakeConnection(self))
+        return succeed(self.connections[-1])
+
+
+class FakeServerStore(RedisStore):
+    """A L{RedisStore} whose endpoint is a L{FakeServer}."""
+
+    server: FakeServer
+
+    def endpoint(self) -> IStreamClientEndpoint:
+        return self.server
+
+
+class ConnectionLoopTests(SynchronousTestCase):
+    """
+    L{RedisStore} connecting, timing out and backing off, with a Clock and a fake server.
+    Times are multiples of 1/16 s, so the Clock's sums are exact.
+    """
+
+    limits = parse_limits("10 per minute")
+    step = [1 / 16] * 16
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = FakeServer(self.clock)
+        self.store = FakeServerStore(
+            self.clock,
+            "redis://127.0.0.1:1",
+            timeout=0.5,
+            connect_timeout=1.0,
+            min_retry_delay=0.125,
+            max_retry_delay=2.0,
+        )
+        self.store.server = self.server
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.addCleanup(self.stop)
+
+    def stop(self) -> None:
+        self.successResultOf(self.store.stop() or succeed(None))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def gaps(self) -> list[float]:
+        """Seconds between one connection attempt and the next."""
+        attempts = self.server.attempts
+        return [b - a for a, b in itertools.pairwise(attempts)]
+
+    def delays(self) -> list[float]:
+        """Seconds between a connection's abort and the next attempt."""
+        ends = [c.aborted for c in self.server.connections]
+        return [b - a for a, b in zip(ends, self.server.attempts[1:], strict=False) if a]
+
+    def fails_open_at_once(self) -> None:
+        evals = self.server.evals
+        self.assertIsNone(self.successResultOf(self.store.hit("k", self.limits)))
+        self.assertEqual(self.server.evals, evals)
+
+    def test_connected_only_once_ping_answered(self) -> None:
+        """
+        A connection is used only after Redis answers its PING; until then checks fail open
+        at once, and each attempt that times out waits a doubling delay before the next.
+        """
+        self.store.start()
+        self.assertEqual(len(self.server.attempts), 1)
+        self.assertFalse(self.store.connected)
+        self.fails_open_at_once()
+        self.clock.pump(self.step * 13)
+        # connect_timeout (1 s) plus a delay of 1/8, 1/4, 1/2, 1, then at most 2 s.
+        self.assertEqual(self.gaps(), [1.125, 1.25, 1.5, 2.0, 3.0, 3.0])
+        self.fails_open_at_once()
+        self.assertEqual([e["why"] for e in warnings_of(self.events)], ["no answer within 1 s"])
+        self.server.pings = self.server.answers = True
+        self.clock.pump(self.step * 3)
+        self.assertTrue(self.store.connected)
+        decision = self.successResultOf(self.store.hit("k", self.limits))
+        self.assertTrue(decision is not None and decision.allowed)
+        self.assertEqual(len(recoveries_of(self.events)), 1)
+
+    def test_timeout_fails_open_at_once_and_backs_off(self) -> None:
+        """
+        A check unanswered within the timeout fails open; the connection is dropped, later
+        checks fail open at once, and while new connections answer PING but not the script,
+        the retry delay keeps doubling and nothing more is logged.
+        """
+        self.server.pings = self.server.answers = True
+        self.store.start()
+        self.assertTrue(self.store.connected)
+        self.server.answers = False
+        check = self.store.hit("k", self.limits)
+        self.assertNoResult(check)
+        self.clock.advance(0.5)
+        self.assertIsNone(self.successResultOf(check))
+        self.assertEqual(self.server.connections[0].aborted, 0.5)
+        self.assertFalse(self.store.connected)
+        self.fails_open_at_once()
+        for _ in range(4):
+            self.clock.pump(self.step * 3)
+            self.assertTrue(self.store.connected)
+            check = self.store.hit("k", self.limits)
+            self.clock.advance(0.5)
+            self.assertIsNone(self.successResultOf(check))
+            self.fails_open_at_once()
+        self.assertEqual(self.delays(), [0.125, 0.25, 0.5, 1.0])
+        self.assertEqual([e["why"] for e in warnings_of(self.events)], ["no answer within 0.5 s"])
+        self.assertEqual(recoveries_of(self.events), [])
+        self.server.answers = True
+        self.clock.pump(self.step * 3)
+        decision = self.successResultOf(self.store.hit("k", self.limits))
+        self.assertTrue(decision is not None and decision.allowed)
+        self.assertEqual(len(recoveries_of(self.events)), 1)
+
+    def test_cancel_only_detaches(self) -> None:
+        """
+        Cancelling a check fails it with CancelledError, cancels its timer and nothing else:
+        the script is not cancelled, the connection stays, and its late answer is ignored.
+        """
+        self.server.pings = True
+        self.store.start()
+        check = self.store.hit("k", self.limits)
+        answer = self.server.connections[0].pending.pop()
+        check.cancel()
+        self.failureResultOf(check, CancelledError)
+        self.assertNoResult(answer)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        answer.callback(["5"])
+        self.assertTrue(self.store.connected)
+        self.assertIsNone(self.server.connections[0].aborted)
+        self.assertEqual(warnings_of(self.events), [])
