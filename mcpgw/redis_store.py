@@ -102,7 +102,11 @@ def parse_redis_uri(uri: str) -> RedisTarget:
         parts = urlsplit(uri)
         port = parts.port
     except ValueError as e:
-        raise ValueError(f"invalid storage_uri {redact_uri(uri)!r}: {e}; {expected}") from None
+        # Not {e}: urllib quotes the part it could not read, which may be part of a password.
+        raise ValueError(
+            f"invalid storage_uri {redact_uri(uri)!r}: bad host or port"
+            f" (percent-encode special characters of the password); {expected}"
+        ) from None
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(f"unsupported storage_uri {redact_uri(uri)!r}: {expected}")
     if parts.query or parts.fragment:

@@ -29,6 +29,13 @@ REDIS_SERVER = "/usr/bin/redis-server"
 class ParseRedisUriTests(SynchronousTestCase):
     """L{parse_redis_uri}."""
 
+    def test_error_never_shows_password(self) -> None:
+        """A URI urllib cannot read does not echo any part of an unencoded password."""
+        with self.assertRaises(ValueError) as caught:
+            parse_redis_uri("redis://:qxq/zzz@host:6379")
+        self.assertNotIn("qxq", str(caught.exception))
+        self.assertNotIn("zzz", str(caught.exception))
+
     def test_defaults(self) -> None:
         """A bare redis:// means localhost:6379, no database, no credentials, no TLS."""
         self.assertEqual(parse_redis_uri("redis://"), RedisTarget())
