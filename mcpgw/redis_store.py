@@ -101,8 +101,8 @@ def parse_redis_uri(uri: str) -> RedisTarget:
     try:
         parts = urlsplit(uri)
         port = parts.port
-    except ValueError as e:
-        # Not {e}: urllib quotes the part it could not read, which may be part of a password.
+    except ValueError:
+        # Not the error text: urllib quotes what it could not read (maybe part of a password).
         raise ValueError(
             f"invalid storage_uri {redact_uri(uri)!r}: bad host or port"
             f" (percent-encode special characters of the password); {expected}"
