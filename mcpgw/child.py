@@ -17,8 +17,15 @@ JSON-RPC message and:
 
 An over-long line fails every pending request with ``ChildFailed`` and calls ``on_broken``
 (the owner then stops the child). stderr is always drained, logged line by line as
-``[{server}] {line}`` events and a bounded tail is kept for error messages. The moment the
-process exits, every pending request fails with ``ChildFailed`` naming the exit code or signal.
+``[{server}] {line}`` events and a bounded tail is kept for error messages.
+
+The end comes in two steps. The moment the process exits (``processExited``) no more requests
+are sent and ``on_exited`` is called. Twisted reports the exit as soon as it reaps the child,
+while the pipes may still hold what the child wrote last (it reads a pipe a few KiB per reactor
+turn): a complete response, the traceback at the end of stderr. So every pending request fails
+with ``ChildFailed`` (naming the exit code or signal, with the stderr tail) only once stdout and
+stderr have both reached end of file, when the process has ended (``processEnded``), or when the
+owner calls ``report_exit()`` because a grandchild keeps the pipes open.
 """
 
 from __future__ import annotations
@@ -98,6 +105,9 @@ class MCPChildProtocol(ProcessProtocol):
         self.exit_description: str | None = None
         self.ended = False
         self.broken = False
+        # stdout and stderr until they reach end of file (or are closed by us).
+        self._open_output = {1, 2}
+        self._exit_reported = False
 
     # -- our requests ---------------------------------------------------------------------
 
@@ -220,7 +230,7 @@ class MCPChildProtocol(ProcessProtocol):
             return
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's reach
             self.log.warn(
                 "[{server}] skipped a stdout line that is not JSON: {line!r}",
                 server=self.server,
@@ -346,31 +356,57 @@ class MCPChildProtocol(ProcessProtocol):
 
     # -- the end ----------------------------------------------------------------------------
 
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD not in self._open_output:
+            return
+        self._open_output.discard(childFD)
+        if childFD == 2:
+            self._flush_stderr()
+        if not self._open_output and self.exit_description is not None:
+            self.report_exit()
+
     def processExited(self, reason: Failure) -> None:
+        """
+        The process exited: no more requests, and ``on_exited`` is told at once. Its pending
+        requests fail once its output has been read (see the module docstring).
+        """
         if self.exit_description is not None:
             return
         self.exit_description = describe_exit(reason)
-        if self._stderr:
-            line = bytes(self._stderr)
-            self._stderr.clear()
-            self._stderr_line(line)
+        if self._on_exited is not None:
+            self._on_exited(self.exit_description)
+        if not self._open_output:
+            self.report_exit()
+
+    def report_exit(self) -> None:
+        """
+        Fail every pending request with ``ChildFailed`` naming how the process ended, now,
+        without waiting any longer for its stdout and stderr to close (a grandchild may hold
+        them open); nothing before the process has exited, and only once.
+        """
+        if self.exit_description is None or self._exit_reported:
+            return
+        self._exit_reported = True
+        self._flush_stderr()
         self.log.info(
             "[{server}] process {description}",
             server=self.server,
             description=self.exit_description,
         )
-        error = self._failure(self.exit_description)
-        # The owner hears first, so whoever handles a failed request sees the child gone.
-        if self._on_exited is not None:
-            self._on_exited(self.exit_description)
-        self.fail_all(error)
+        self.fail_all(self._failure(self.exit_description))
 
     def processEnded(self, reason: Failure) -> None:
         self.processExited(reason)
+        self._open_output.clear()
+        self.report_exit()
+        self._flush_stderr()
+        self.ended = True
+        if self._on_ended is not None:
+            self._on_ended()
+
+    def _flush_stderr(self) -> None:
+        """Log (and keep in the tail) a last stderr line that has no newline."""
         if self._stderr:
             line = bytes(self._stderr)
             self._stderr.clear()
             self._stderr_line(line)
-        self.ended = True
-        if self._on_ended is not None:
-            self._on_ended()

@@ -34,7 +34,7 @@ import mcpgw
 from mcpgw import sandbox
 from mcpgw.child import MCPChildProtocol
 from mcpgw.config import ServiceConfig
-from mcpgw.errors import CallTimeout, ChildFailed, JsonRpcError, StartupFailed
+from mcpgw.errors import CallTimeout, ChildFailed, InvalidResult, JsonRpcError, StartupFailed
 
 OFFERED_VERSION = "2025-11-25"
 SUPPORTED_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
@@ -46,12 +46,17 @@ class MCPServer:
     One MCP server child process and its JSON-RPC session.
 
     ``on_exit(description)`` is called once, the moment the process exits (also after
-    ``stop()``), before its pending requests fail; ``on_tools_changed()`` on every
+    ``stop()``), before its pending requests fail; they fail once what the child wrote before
+    exiting has been read (a response still in the pipe completes its call), at most
+    ``drain_grace`` s after the exit. ``on_tools_changed()`` on every
     ``notifications/tools/list_changed``. ``tools``: the util-linux launch chain
     (``sandbox.find_tools``), else the Python launcher.
 
     @ivar term_grace: seconds between closing stdin and SIGTERM to the process group.
     @ivar kill_grace: seconds between SIGTERM and SIGKILL.
+    @ivar drain_grace: seconds to wait, once the leader has exited, for the end of its stdout
+        and stderr before its pending requests fail anyway (a grandchild outside the group
+        may hold the pipes open).
     @ivar close_grace: seconds to wait, once the leader has exited, for its pipes to close
         (a grandchild outside the group may hold them) before closing our ends.
     @ivar killpg: ``os.killpg``; replaceable for tests.
@@ -60,6 +65,7 @@ class MCPServer:
     log = Logger()
     term_grace = 2.0
     kill_grace = 2.0
+    drain_grace = 0.25
     close_grace = 2.0
 
     def __init__(
@@ -303,7 +309,8 @@ class MCPServer:
 
     def _check_result(self, result: object, method: str) -> dict[str, Any]:
         if not isinstance(result, dict):
-            raise ChildFailed(
+            # The child is fine (it answered): fail this request, keep the session.
+            raise InvalidResult(
                 f"MCP server {self.name!r} sent a {method} result that is not an object"
             )
         return result
@@ -334,6 +341,10 @@ class MCPServer:
         for name in ("startup", "term", "kill"):
             self._cancel_timer(name)
         self._signal_group(signal.SIGKILL)  # stragglers left in the group
+        if self._protocol is not None:
+            self._timers["drain"] = self._clock.callLater(
+                self.drain_grace, self._protocol.report_exit
+            )
         if self._transport is not None:
             self._timers["close"] = self._clock.callLater(
                 self.close_grace, self._transport.loseConnection
@@ -346,6 +357,7 @@ class MCPServer:
             self._on_exit(description)
 
     def _ended(self) -> None:
+        self._cancel_timer("drain")
         self._cancel_timer("close")
         self._finish()
 

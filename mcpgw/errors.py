@@ -84,6 +84,12 @@ class ChildFailed(GatewayError):
         self.stderr_tail = stderr_tail
 
 
+class InvalidResult(GatewayError):
+    """The MCP server answered, but not with a result of the right shape (the child lives)."""
+
+    status = 502
+
+
 class StartupFailed(GatewayError):
     """The MCP server could not be spawned or did not complete ``initialize``."""
 

@@ -33,7 +33,12 @@ Tools (``tools/call``; unknown tools get JSON-RPC ``-32602`` ``Unknown tool: NAM
 ``incr``                   a counter kept per process: 1, 2, 3, ...
 ``sleep {seconds}``        answers ``slept`` after that long (on a thread; others go on).
 ``hang``                   never answers.
-``crash {code}``           exits at once with ``code`` (default 3), mid-call.
+``crash {code, stderr_lines, answer_bytes}``
+                           writes ``stderr_lines`` lines (default 0, ``stderr line I``) then
+                           ``crashing on purpose`` to stderr, answers with a text of
+                           ``answer_bytes`` bytes when given, then exits at once with ``code``
+                           (default 3), mid-call: what is still in the pipes is the gateway's
+                           to read after the exit.
 ``kill_self {signal}``     kills itself with that signal number (default 9), mid-call.
 ``stderr_flood {lines}``   writes that many stderr lines (default 1000), then answers.
 ``garbage``                writes a non-JSON stdout line, a JSON array and a bare JSON value,
@@ -221,8 +226,12 @@ class FakeServer:
         elif name == "hang":
             pass
         elif name == "crash":
+            for i in range(int(args.get("stderr_lines", 0))):
+                sys.stderr.write(f"stderr line {i} " + "x" * 60 + "\n")
             sys.stderr.write("crashing on purpose\n")
             sys.stderr.flush()
+            if "answer_bytes" in args:
+                self.text(request_id, "a" * int(args["answer_bytes"]))
             os._exit(int(args.get("code", 3)))
         elif name == "kill_self":
             os.kill(os.getpid(), int(args.get("signal", 9)))

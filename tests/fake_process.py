@@ -4,7 +4,7 @@ Test doubles for process code: a reactor that records ``spawnProcess`` and a fak
 ``FakeProcessReactor`` is a ``MemoryReactor`` and a ``task.Clock``; ``spawnProcess`` records its
 arguments, connects the protocol to a ``FakeProcessTransport`` and returns it. The transport
 records what is written, stdin closing and signals, and its helpers play the child's side:
-``reply()``, ``exit()``, ``end()``.
+``reply()``, ``exit()``, ``close_output()``, ``end()``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class FakeProcessTransport:
         self.lost = False
         self.signals: list[str] = []
         self.exited = False
+        self.closed_fds: set[int] = set()
 
     # IProcessTransport / ITransport
     def write(self, data: bytes) -> None:
@@ -83,8 +84,14 @@ class FakeProcessTransport:
     def reply(self, request_id: int, result: Any) -> None:
         self.send({"jsonrpc": "2.0", "id": request_id, "result": result})
 
-    def exit(self, code: int | None = 0, signal: int | None = None) -> None:
-        """The leader exits (``processExited``) with ``code`` or ``signal``."""
+    def exit(
+        self, code: int | None = 0, signal: int | None = None, *, output_open: bool = False
+    ) -> None:
+        """
+        The leader exits (``processExited``) with ``code`` or ``signal``; then its stdout and
+        stderr reach end of file, unless ``output_open`` (still to be read, or held open by a
+        grandchild; ``close_output()`` closes them later).
+        """
         self.exited = True
         if code == 0 and signal is None:
             reason = Failure(ProcessDone(0))
@@ -93,9 +100,19 @@ class FakeProcessTransport:
         self._reason = reason
         self.pid = None
         self.protocol.processExited(reason)
+        if not output_open:
+            self.close_output()
+
+    def close_output(self) -> None:
+        """The child's stdout and stderr reach end of file (``childConnectionLost``)."""
+        for fd in (1, 2):
+            if fd not in self.closed_fds:
+                self.closed_fds.add(fd)
+                self.protocol.childConnectionLost(fd)
 
     def end(self) -> None:
-        """Its pipes closed too (``processEnded``)."""
+        """Its pipes closed too (``childConnectionLost`` for each, then ``processEnded``)."""
+        self.close_output()
         self.protocol.processEnded(self._reason)
 
 

@@ -125,6 +125,14 @@ class ChildProtocolTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 3)
         self.assertEqual(warnings[0]["line"], b"Starting server...")
 
+    def test_deeply_nested_line_skipped(self) -> None:
+        """A line nested beyond the JSON parser's reach is skipped like garbage."""
+        self.protocol.max_line_bytes = 1_000_000
+        _, d = self.protocol.request("a")
+        self.out(b"[" * 200_000 + b"]" * 200_000 + b"\n")
+        self.out(b'{"jsonrpc":"2.0","id":1,"result":{}}\n')
+        self.assertEqual(self.successResultOf(d), {})
+
     def test_notifications(self) -> None:
         """
         C{tools/list_changed} calls the callback; progress and log notifications are
@@ -209,8 +217,9 @@ class ChildProtocolTests(SynchronousTestCase):
 
     def test_exit_fails_pending_at_once(self) -> None:
         """
-        The process exiting (before its pipes close) fails every pending request with
-        C{ChildFailed} naming the exit code, carrying the stderr tail.
+        The process exiting (its stdout and stderr at end of file, before C{processEnded})
+        fails every pending request with C{ChildFailed} naming the exit code, carrying the
+        stderr tail.
         """
         _, d = self.protocol.request("a")
         self.protocol.childDataReceived(2, b"boom\n")
@@ -223,6 +232,73 @@ class ChildProtocolTests(SynchronousTestCase):
         self.transport.end()
         self.assertEqual(self.ended, [None])
         self.assertEqual(self.exits, ["exited with code 3"])
+
+    def test_response_read_after_exit(self) -> None:
+        """
+        A response still in the stdout pipe when the exit is reported completes its request:
+        C{on_exited} is told at once, but pending requests wait for the end of the output.
+        """
+        _, d = self.protocol.request("a")
+        self.transport.exit(0, output_open=True)
+        self.assertEqual(self.exits, ["exited with code 0"])
+        self.assertFalse(self.protocol.usable)
+        self.assertNoResult(d)
+        self.transport.reply(1, {"ok": True})
+        self.assertEqual(self.successResultOf(d), {"ok": True})
+        self.transport.close_output()
+        self.transport.end()
+        self.assertEqual(self.exits, ["exited with code 0"])
+
+    def test_stderr_read_after_exit_in_tail(self) -> None:
+        """
+        stderr read after the exit (the end of a traceback, a last line with no newline)
+        is in the C{ChildFailed} of the requests failed at the end of the output.
+        """
+        _, d = self.protocol.request("a")
+        self.protocol.childDataReceived(2, b"Traceback (most recent call last):\n")
+        self.transport.exit(1, output_open=True)
+        self.protocol.childDataReceived(2, b'  File "x"\nValueError: last words')
+        self.protocol.childConnectionLost(1)
+        self.assertNoResult(d)
+        self.protocol.childConnectionLost(2)
+        error = self.failureResultOf(d, ChildFailed).value
+        self.assertEqual(error.message, "MCP server 'srv' exited with code 1")
+        self.assertEqual(
+            error.stderr_tail.splitlines(),
+            ["Traceback (most recent call last):", '  File "x"', "ValueError: last words"],
+        )
+
+    def test_output_closed_before_exit(self) -> None:
+        """Output at end of file before the exit is seen: requests fail at the exit."""
+        _, d = self.protocol.request("a")
+        self.transport.close_output()
+        self.assertNoResult(d)
+        self.transport.exit(2, output_open=True)
+        self.assertEqual(self.failureResultOf(d, ChildFailed).value.stderr_tail, "")
+
+    def test_report_exit_without_end_of_output(self) -> None:
+        """
+        C{report_exit} (output held open by a grandchild) fails pending requests at once
+        after the exit, only once; before the exit it does nothing.
+        """
+        _, d = self.protocol.request("a")
+        self.protocol.report_exit()
+        self.assertNoResult(d)
+        self.transport.exit(None, 9, output_open=True)
+        self.protocol.report_exit()
+        self.assertIn("killed by signal 9", self.failureResultOf(d, ChildFailed).value.message)
+        self.protocol.report_exit()
+        self.transport.end()
+        self.assertEqual(self.ended, [None])
+
+    def test_process_ended_reports(self) -> None:
+        """C{processEnded} fails pending requests even if no end of output was seen."""
+        _, d = self.protocol.request("a")
+        self.transport.exit(0, output_open=True)
+        self.assertNoResult(d)
+        self.protocol.processEnded(self.transport._reason)
+        self.failureResultOf(d, ChildFailed)
+        self.assertEqual(self.ended, [None])
 
     def test_exit_by_signal(self) -> None:
         """A signal death is described with the signal number and name."""

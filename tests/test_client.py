@@ -20,7 +20,7 @@ import mcpgw
 from mcpgw import sandbox
 from mcpgw.client import MCPServer
 from mcpgw.config import ServiceConfig
-from mcpgw.errors import CallTimeout, ChildFailed, JsonRpcError, StartupFailed
+from mcpgw.errors import CallTimeout, ChildFailed, InvalidResult, JsonRpcError, StartupFailed
 from tests.fake_process import FakeProcessReactor, FakeProcessTransport
 
 
@@ -323,12 +323,53 @@ class RequestTests(ClientTestsMixin, SynchronousTestCase):
         later = server.call_tool("echo", {}, 30)
         self.assertIn("killed by signal", self.failureResultOf(later, ChildFailed).value.message)
 
+    def test_response_after_exit(self) -> None:
+        """
+        A response read after the exit was seen (still in the pipe) completes the call;
+        C{on_exit} was told at the exit and the server is no longer alive.
+        """
+        server = self.started()
+        d = server.call_tool("last", {}, 30)
+        self.transport.exit(0, output_open=True)
+        self.assertEqual(self.exits, ["exited with code 0"])
+        self.assertFalse(server.alive)
+        self.assertNoResult(d)
+        self.transport.reply(2, {"content": []})
+        self.assertEqual(self.successResultOf(d), {"content": []})
+        self.transport.end()
+        self.successResultOf(server.stop())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_output_held_open_after_exit(self) -> None:
+        """
+        If the pipes stay open after the exit (a grandchild holds them), the pending calls
+        fail after C{drain_grace}, well before the pipes are closed after C{close_grace}.
+        """
+        server = self.started()
+        d = server.call_tool("x", {}, 30)
+        self.transport.exit(4, output_open=True)
+        self.reactor.advance(server.drain_grace / 2)
+        self.assertNoResult(d)
+        self.reactor.advance(server.drain_grace / 2)
+        self.assertIn("exited with code 4", self.failureResultOf(d, ChildFailed).value.message)
+        self.assertFalse(self.transport.lost)
+        self.reactor.advance(server.close_grace - server.drain_grace)
+        self.assertTrue(self.transport.lost)
+        self.transport.end()
+        self.successResultOf(server.stop())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_non_object_result(self) -> None:
-        """A result that is not a JSON object fails the call with C{ChildFailed}."""
+        """
+        A result that is not a JSON object fails that call with C{InvalidResult}, which is
+        not a C{ChildFailed}: the child answered, it lives on (the session keeps its state).
+        """
         server = self.started()
         d = server.call_tool("x", {}, 10)
         self.transport.reply(2, [1, 2])
-        self.failureResultOf(d, ChildFailed)
+        failure = self.failureResultOf(d, InvalidResult)
+        self.assertNotIsInstance(failure.value, ChildFailed)
+        self.assertTrue(server.alive)
 
     def test_overlong_line_stops_child(self) -> None:
         """An over-long stdout line fails the call and stops the child."""
@@ -410,7 +451,7 @@ class StopTests(ClientTestsMixin, SynchronousTestCase):
         """
         server = self.started()
         d = server.stop()
-        self.transport.exit(0)
+        self.transport.exit(0, output_open=True)
         self.reactor.advance(server.close_grace)
         self.assertTrue(self.transport.lost)
         self.transport.end()

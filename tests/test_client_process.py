@@ -151,6 +151,34 @@ class RealProcessTests(TestCase):
         self.assertFalse(os.path.exists(private_dir))
 
     @inlineCallbacks
+    def test_answer_written_before_exit_delivered(self) -> Any:
+        """
+        A response the child wrote just before exiting (still in the stdout pipe when the
+        exit is seen: the reactor reads a pipe in small pieces) completes the call; the
+        exit is still reported to C{on_exit}.
+        """
+        server = self.server(fake_service())
+        yield server.start()
+        result = yield server.call_tool("crash", {"code": 0, "answer_bytes": 500000}, 10)
+        self.assertEqual(len(text_of(result)), 500000)
+        yield server.stop()
+        self.assertEqual(self.exits, ["exited with code 0"])
+
+    @inlineCallbacks
+    def test_stderr_written_before_exit_in_tail(self) -> Any:
+        """
+        The last stderr lines a crashing child wrote (still in the pipe when the exit is
+        seen) are in the failed call's stderr tail.
+        """
+        server = self.server(fake_service())
+        yield server.start()
+        error = yield self.assertFailure(
+            server.call_tool("crash", {"code": 7, "stderr_lines": 5000}, 10), ChildFailed
+        )
+        self.assertIn("exited with code 7", error.message)
+        self.assertEqual(error.stderr_tail.splitlines()[-1], "crashing on purpose")
+
+    @inlineCallbacks
     def test_stop_kills_process_group(self) -> Any:
         """
         C{stop} on a child that ignores stdin EOF escalates to SIGTERM on the process group,
