@@ -17,7 +17,14 @@ and this script, in the child, before exec'ing COMMAND in place (same pid, same 
 5. changes to ``--cwd``;
 6. resets the signals Python itself ignores (SIGPIPE, SIGXFSZ) to their default, since an
    ignored disposition survives ``exec``;
-7. ``os.execvp(COMMAND, [COMMAND, ARG ...])`` with the environment it was started with.
+7. ``os.execvp(COMMAND, [COMMAND, ARG ...])`` with the environment it was started with, less
+   what its own interpreter added: Python's C-locale coercion (PEP 538, which ``-I`` does not
+   turn off) sets ``LC_CTYPE`` when the locale is ``C``, so ``LC_CTYPE`` is removed, or set
+   back to ``--lc-ctype``'s value when the gateway's environment had one.
+
+Everything done after the user change is loaded before it (``ctypes`` and libc for ``prctl``,
+what ``os.execvp`` imports to search ``PATH``): the new user may not be able to read the
+standard library.
 
 It is run by file path with ``-S -I`` (no site, isolated) to keep the extra interpreter start as
 cheap as possible, so it imports only the standard library and nothing of ``mcpgw``.
@@ -26,7 +33,7 @@ Any error: one line on stderr, exit status 127.
 Options (each ``--name=value``)::
 
     --cpu=SECONDS  --as=BYTES  --fsize=BYTES  --nofile=N  --nproc=N
-    --cwd=DIR  --user=NAME  --pdeathsig
+    --cwd=DIR  --user=NAME  --pdeathsig  --lc-ctype=VALUE
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, MutableMapping
     from types import ModuleType
     from typing import TextIO
 
@@ -79,7 +86,7 @@ def parse_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
         if not arg.startswith("--"):
             raise LaunchError(f"unexpected argument {arg!r} (missing --?)")
         name, _, value = arg[2:].partition("=")
-        if name not in LIMITS and name not in ("cwd", "user", "pdeathsig"):
+        if name not in LIMITS and name not in ("cwd", "user", "pdeathsig", "lc-ctype"):
             raise LaunchError(f"unknown option --{name}")
         options[name] = value
     raise LaunchError("no command given (expected -- COMMAND ...)")
@@ -104,15 +111,50 @@ def apply_limit(name: str, value: str, rlimit: ModuleType = resource) -> None:
         raise LaunchError(f"cannot set RLIMIT {name} to {wanted}: {e}") from None
 
 
-def set_pdeathsig() -> None:
-    """Ask the kernel to SIGTERM this process when its parent dies (Linux only; else a no-op)."""
+def prepare_pdeathsig() -> Callable[[], None]:
+    """
+    Load what asking for the parent-death signal needs (``ctypes``, libc) and return the
+    function that asks for it (Linux only; elsewhere a no-op).
+
+    Called before the user change, the function after it: the new user may not be able to
+    read the standard library, and the function imports nothing.
+    """
     if not sys.platform.startswith("linux"):
-        return
+        return lambda: None
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, _signal.SIGTERM, 0, 0, 0) != 0:
-        raise LaunchError(f"prctl(PR_SET_PDEATHSIG): errno {ctypes.get_errno()}")
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    get_errno = ctypes.get_errno
+
+    def set_pdeathsig() -> None:
+        if prctl(PR_SET_PDEATHSIG, _signal.SIGTERM, 0, 0, 0) != 0:
+            raise LaunchError(f"prctl(PR_SET_PDEATHSIG): errno {get_errno()}")
+
+    return set_pdeathsig
+
+
+def set_pdeathsig() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (Linux only; else a no-op)."""
+    prepare_pdeathsig()()
+
+
+def prepare_exec() -> None:
+    """
+    Import now what ``os.execvp`` imports when it searches ``PATH`` (``os.get_exec_path``
+    imports ``warnings``), for a user who may not be able to read the standard library.
+    """
+    os.get_exec_path()
+
+
+def restore_environ(options: dict[str, str], environ: MutableMapping[str, str]) -> None:
+    """
+    Undo the interpreter's C-locale coercion (PEP 538): ``LC_CTYPE`` as the gateway gave it
+    (``--lc-ctype``), or not at all.
+    """
+    if "lc-ctype" in options:
+        environ["LC_CTYPE"] = options["lc-ctype"]
+    else:
+        environ.pop("LC_CTYPE", None)
 
 
 def drop_privileges(user: str, osmod: ModuleType = os) -> None:
@@ -137,18 +179,26 @@ def launch(
     args: list[str],
     osmod: ModuleType = os,
     rlimit: ModuleType = resource,
-    pdeathsig: Callable[[], None] = set_pdeathsig,
+    pdeathsig: Callable[[], None] | None = None,
 ) -> None:
-    """Prepare this process as ``args`` ask and exec the command; returns only on failure."""
+    """
+    Prepare this process as ``args`` ask and exec the command; returns only on failure.
+
+    @param pdeathsig: asks for the parent-death signal; default: ``prepare_pdeathsig()``.
+    """
     options, argv = parse_args(args)
+    restore_environ(options, osmod.environ)
+    if "pdeathsig" in options and pdeathsig is None:
+        pdeathsig = prepare_pdeathsig()
     osmod.setsid()
     for name in LIMITS:
         if name in options:
             apply_limit(name, options[name], rlimit)
     if options.get("user"):
+        prepare_exec()
         drop_privileges(options["user"], osmod)
     # After the user change: the kernel clears the parent-death signal on a new euid/egid.
-    if "pdeathsig" in options:
+    if pdeathsig is not None and "pdeathsig" in options:
         pdeathsig()
     if options.get("cwd"):
         try:
@@ -176,7 +226,7 @@ def main(
         args = sys.argv[1:]
     try:
         launch(args, osmod, rlimit)
-    except (LaunchError, OSError) as e:
+    except (LaunchError, OSError, ImportError) as e:
         (stderr or sys.stderr).write(f"mcpgw-launch: {e}\n")
         (stderr or sys.stderr).flush()
         return EXIT_LAUNCH_FAILED

@@ -45,8 +45,12 @@ Decisions (SPEC 6 leaves them to us):
 - Working directory: ``service.working_dir``, else ``sandbox.working_dir``, else the private
   directory; never the gateway's own.
 - ``drop_privileges`` (only effective when the gateway runs as root): the launcher switches to
-  ``sandbox.user`` (its primary group, no supplementary groups) and the private directory is
-  handed to that user.
+  ``sandbox.user`` (its primary group, no supplementary groups), the private directory is
+  handed to that user and ``USER`` (``LOGNAME`` too, when present) names it, unless the
+  service's ``env`` sets them.
+- Both launchers exec the command with exactly the environment built here: the Python
+  launcher undoes its own interpreter's C-locale coercion (``LC_CTYPE``, PEP 538), told by
+  ``--lc-ctype`` what the value was, if any.
 - The launcher also sets ``PR_SET_PDEATHSIG`` (Linux, sandbox on) so children die with a
   gateway that is killed outright, after switching user (the kernel clears it on a change of
   credentials).
@@ -258,6 +262,16 @@ def build_env(
     return env
 
 
+def user_env(service: ServiceConfig, env: Mapping[str, str]) -> dict[str, str]:
+    """
+    For a child switched to ``sandbox.user``: ``USER`` (and ``LOGNAME`` when ``env`` has it)
+    naming that user rather than the gateway's, unless the service's ``env`` sets them.
+    """
+    user = service.sandbox.user
+    names = [name for name in ("USER", "LOGNAME") if name == "USER" or name in env]
+    return {name: user for name in names if name not in service.env}
+
+
 def user_ids(user: str) -> tuple[int, int]:
     """``(uid, gid)`` of ``user`` (its primary group); C{OSError} for an unknown user."""
     import pwd
@@ -313,8 +327,15 @@ def build_argv(
     euid: int,
     python: str = sys.executable,
     pdeathsig: bool = sys.platform.startswith("linux"),
+    env: Mapping[str, str] | None = None,
 ) -> tuple[str, ...]:
-    """The Python launcher's command line, ending with ``--`` and the service's command."""
+    """
+    The Python launcher's command line, ending with ``--`` and the service's command.
+
+    @param env: the environment the child is spawned with; its ``LC_CTYPE``, if any, is
+        passed as ``--lc-ctype`` for the launcher to restore (its interpreter's locale
+        coercion changes it), and without one the launcher removes the variable.
+    """
     sandbox = service.sandbox
     argv = [python, "-S", "-I", LAUNCHER]
     if sandbox.enabled:
@@ -324,6 +345,8 @@ def build_argv(
         if drops_privileges(service, euid):
             argv.append(f"--user={sandbox.user}")
     argv.append(f"--cwd={working_dir}")
+    if env is not None and "LC_CTYPE" in env:
+        argv.append(f"--lc-ctype={env['LC_CTYPE']}")
     argv.append("--")
     argv.extend(service.command)
     return tuple(argv)
@@ -369,11 +392,13 @@ def prepare_launch(
             give_to_user(private_dir, service.sandbox.user)
         working_dir = working_dir_for(service, private_dir)
         env = build_env(service, private_dir, environ)
+        if drops_privileges(service, euid):
+            env.update(user_env(service, env))
         if tools is not None and can_use_tools(service.command, working_dir, env):
             argv = build_tools_argv(service, working_dir, euid, tools)
             launcher = "util-linux"
         else:
-            argv = build_argv(service, working_dir, euid, python)
+            argv = build_argv(service, working_dir, euid, python, env=env)
             launcher = "python"
         return Launch(
             executable=argv[0],

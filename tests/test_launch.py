@@ -5,6 +5,7 @@ Tests for L{mcpgw._launch}, the launcher: option parsing and the order of its sy
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import signal
@@ -26,10 +27,16 @@ INFINITY = -1
 class FakeOS:
     """Records the calls the launcher makes; C{execvp} raises like a missing program."""
 
-    def __init__(self, euid: int = 1000, exec_error: OSError | None = None) -> None:
+    def __init__(
+        self,
+        euid: int = 1000,
+        exec_error: OSError | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.euid = euid
         self.exec_error = exec_error or FileNotFoundError(2, "No such file or directory")
+        self.environ = {} if environ is None else environ
 
     def setsid(self) -> None:
         self.calls.append(("setsid",))
@@ -185,6 +192,112 @@ class LaunchTests(SynchronousTestCase):
         self.assertIn("unknown user", err)
 
 
+class NoImportAfterDropOS(FakeOS):
+    """
+    A root C{FakeOS} after whose first privilege change (C{setgroups}) importing a module
+    the launch did not import before fails, as it does for real when the new user cannot
+    read the standard library; C{execvp} searches C{PATH} as C{os.execvp} does
+    (C{os.get_exec_path}) before failing like a missing program.
+    """
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        super().__init__(euid=0)
+        self.dropped = False
+        self.imported: set[str] = {"os", "resource", "_signal", "sys"}
+        self.refused: list[str] = []
+        real_import = builtins.__import__
+
+        def guarded_import(name: str, *args: Any, **kwargs: Any) -> Any:
+            if self.dropped and name not in self.imported:
+                self.refused.append(name)
+                raise ImportError(f"No module named {name!r} (unreadable)")
+            self.imported.add(name)
+            return real_import(name, *args, **kwargs)
+
+        test.patch(builtins, "__import__", guarded_import)
+
+    def setgroups(self, groups: list[int]) -> None:
+        self.dropped = True
+        super().setgroups(groups)
+
+    def execvp(self, file: str, argv: list[str]) -> None:
+        os.get_exec_path()
+        super().execvp(file, argv)
+
+
+def keep_pdeathsig(test: SynchronousTestCase) -> None:
+    """Restore this process's parent-death signal (Linux) once C{test} is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    current = ctypes.c_int(0)
+    prctl(2, ctypes.byref(current), 0, 0, 0)  # PR_GET_PDEATHSIG
+    test.addCleanup(prctl, _launch.PR_SET_PDEATHSIG, current.value, 0, 0, 0)
+
+
+class PrivilegeDropTests(SynchronousTestCase):
+    """The launcher loads everything it needs before it changes user."""
+
+    def test_no_import_after_user_change(self) -> None:
+        """
+        With C{--user} and C{--pdeathsig}, nothing is imported after the user change: the
+        parent-death signal (C{ctypes}, libc) and C{os.execvp}'s C{PATH} search (C{warnings})
+        are loaded before it, so the only failure is the fake's missing program.
+        """
+        keep_pdeathsig(self)
+        fake_os = NoImportAfterDropOS(self)
+        stderr = io.StringIO()
+        args = ["--pdeathsig", "--user=nobody", "--cwd=/w", "--", "srv"]
+        rlimit: Any = FakeResource()
+        code = _launch.main(args, fake_os, rlimit, stderr)  # type: ignore[arg-type]
+        self.assertEqual(fake_os.refused, [])
+        self.assertEqual(
+            (code, stderr.getvalue()),
+            (127, "mcpgw-launch: cannot run 'srv': No such file or directory\n"),
+        )
+        self.assertEqual([c[0] for c in fake_os.calls][-2:], ["chdir", "execvp"])
+
+    def test_import_error_is_one_line(self) -> None:
+        """An C{ImportError} (a module the new user cannot read) is one line and 127."""
+
+        class Unreadable(FakeOS):
+            def chdir(self, path: str) -> None:
+                raise ImportError("No module named 'warnings'")
+
+        stderr = io.StringIO()
+        fake_os: Any = Unreadable()
+        rlimit: Any = FakeResource()
+        code = _launch.main(["--cwd=/w", "--", "srv"], fake_os, rlimit, stderr)
+        self.assertEqual(
+            (code, stderr.getvalue()), (127, "mcpgw-launch: No module named 'warnings'\n")
+        )
+
+
+class EnvironTests(SynchronousTestCase):
+    """The launcher execs with the environment the gateway built, not its interpreter's."""
+
+    def test_coerced_lc_ctype_removed(self) -> None:
+        """
+        Without C{--lc-ctype}, an C{LC_CTYPE} (set by the interpreter's C-locale coercion)
+        is removed before the exec; the rest of the environment is left alone.
+        """
+        fake_os = FakeOS(environ={"PATH": "/bin", "LC_CTYPE": "C.UTF-8"})
+        self.assertRaises(_launch.LaunchError, _launch.launch, ["--", "srv"], fake_os,
+                          FakeResource())  # fmt: skip
+        self.assertEqual(fake_os.environ, {"PATH": "/bin"})
+
+    def test_lc_ctype_restored(self) -> None:
+        """C{--lc-ctype=VALUE} puts the gateway's C{LC_CTYPE} back (coercion replaced it)."""
+        fake_os = FakeOS(environ={"PATH": "/bin", "LC_CTYPE": "C.UTF-8"})
+        self.assertRaises(_launch.LaunchError, _launch.launch, ["--lc-ctype=C", "--", "srv"],
+                          fake_os, FakeResource())  # fmt: skip
+        self.assertEqual(fake_os.environ, {"PATH": "/bin", "LC_CTYPE": "C"})
+        options, _ = _launch.parse_args(["--lc-ctype=en_US.UTF-8", "--", "x"])
+        self.assertEqual(options, {"lc-ctype": "en_US.UTF-8"})
+
+
 class RealLaunchTests(TestCase):
     """The launcher run for real, by file path with C{-S -I}."""
 
@@ -222,6 +335,73 @@ class RealLaunchTests(TestCase):
         self.assertEqual(code, 127)
         self.assertEqual(err.count(b"\n"), 1)
         self.assertTrue(err.startswith(b"mcpgw-launch: cannot run '/no/such/cmd'"))
+
+    async def test_real_environment(self) -> None:
+        """
+        The command gets exactly the environment the launcher was given: no C{LC_CTYPE}
+        added by the interpreter's locale coercion, and C{--lc-ctype}'s value kept as given.
+        """
+        path = os.environ.get("PATH", "/usr/bin:/bin")
+        for extra, option in (({}, []), ({"LC_CTYPE": "C"}, ["--lc-ctype=C"])):
+            env = {"PATH": path, "LANG": "C", **extra}
+            out, err, code = await getProcessOutputAndValue(
+                sys.executable, ["-S", "-I", sandbox.LAUNCHER, *option, "--", "env"], env=env
+            )
+            self.assertEqual((code, err), (0, b""))
+            self.assertEqual(dict(line.split("=", 1) for line in out.decode().splitlines()), env)
+
+    async def test_real_drop_privileges(self) -> None:
+        """
+        As root, C{--user=nobody} with C{--pdeathsig} runs the command as nobody, even when
+        nobody cannot read the interpreter's standard library (nothing is imported after
+        the switch).
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("needs root")
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        args = ["-S", "-I", sandbox.LAUNCHER, "--pdeathsig", "--user=nobody", "--cwd=/", "--",
+                "id", "-u"]  # fmt: skip
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, args, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        )
+        self.assertEqual((code, err, out), (0, b"", f"{nobody.pw_uid}\n".encode()))
+
+
+class EnvParityTests(TestCase):
+    """Both launch paths give the child the same environment (SPEC 6 C{restricted_env})."""
+
+    def setUp(self) -> None:
+        tools, how = sandbox.default_tools()
+        if tools is None:
+            raise SkipTest(f"this machine uses {how}")
+        self.tools = tools
+        self.root = os.path.abspath(self.mktemp())
+
+    async def child_env(self, tools: sandbox.Tools | None, environ: dict[str, str]) -> set[str]:
+        launch = sandbox.prepare_launch(
+            ServiceConfig(name="t", command=("env",)), self.root, environ, tools=tools
+        )
+        self.addCleanup(sandbox.remove_private_dir, launch.private_dir)
+        self.assertEqual(launch.launcher, "python" if tools is None else "util-linux")
+        out, err, code = await getProcessOutputAndValue(
+            launch.executable, launch.argv[1:], env=dict(launch.env)
+        )
+        self.assertEqual((code, err), (0, b""))
+        return set(out.decode().replace(launch.private_dir, "<private>").splitlines())
+
+    async def test_same_environment(self) -> None:
+        """
+        The Python launcher and the util-linux chain exec the command with the same
+        environment, with and without an C{LC_CTYPE} in the gateway's.
+        """
+        path = os.environ.get("PATH", "/usr/bin:/bin")
+        for environ in ({"PATH": path, "SECRET": "x"}, {"PATH": path, "LC_CTYPE": "C"}):
+            python = await self.child_env(None, environ)
+            chain = await self.child_env(self.tools, environ)
+            self.assertEqual(python, chain)
+            self.assertNotIn("SECRET=x", python)
 
 
 class RealToolsTests(TestCase):

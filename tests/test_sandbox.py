@@ -113,6 +113,64 @@ class ArgvTests(SynchronousTestCase):
         plain = sandbox.build_argv(service(), "/w", 0)
         self.assertFalse(any(a.startswith("--user") for a in plain))
 
+    def test_lc_ctype_passed(self) -> None:
+        """
+        The child's C{LC_CTYPE}, if it has one, is passed as C{--lc-ctype} (the launcher's
+        interpreter coerces it); without one, no option (the launcher removes it).
+        """
+        argv = sandbox.build_argv(service(), "/w", 1000, "/py", False, env={"LC_CTYPE": "C"})
+        self.assertEqual(argv[4:], ("--cpu=3600", f"--as={2048 * 1024 * 1024}",
+                                    f"--fsize={100 * 1024 * 1024}", "--nofile=1024",
+                                    "--cwd=/w", "--lc-ctype=C", "--", "srv", "a"))  # fmt: skip
+        plain = sandbox.build_argv(service(), "/w", 1000, "/py", False, env={"PATH": "/bin"})
+        self.assertFalse(any(a.startswith("--lc-ctype") for a in plain))
+
+    def test_prepare_passes_lc_ctype(self) -> None:
+        """C{prepare_launch} gives the launcher the C{LC_CTYPE} of the environment it built."""
+        root = os.path.abspath(self.mktemp())
+        launch = sandbox.prepare_launch(
+            service(sandbox=SandboxConfig(restricted_env=False)),
+            root,
+            {"PATH": "/bin", "LC_CTYPE": "C"},
+            euid=1000,
+        )
+        self.addCleanup(sandbox.remove_private_dir, launch.private_dir)
+        self.assertEqual(launch.env["LC_CTYPE"], "C")
+        self.assertIn("--lc-ctype=C", launch.argv)
+
+
+class UserEnvTests(SynchronousTestCase):
+    """L{sandbox.user_env}: a child switched to another user is told so."""
+
+    def test_user_named(self) -> None:
+        """C{USER} names the target user; C{LOGNAME} too, but only when present."""
+        svc = service(sandbox=SandboxConfig(drop_privileges=True, user="daemon"))
+        self.assertEqual(sandbox.user_env(svc, {"USER": "root"}), {"USER": "daemon"})
+        self.assertEqual(
+            sandbox.user_env(svc, {"LOGNAME": "root"}), {"USER": "daemon", "LOGNAME": "daemon"}
+        )
+
+    def test_service_env_wins(self) -> None:
+        """A C{USER} set in the service's C{env} is kept."""
+        svc = service(sandbox=SandboxConfig(drop_privileges=True), env={"USER": "svc"})
+        self.assertEqual(sandbox.user_env(svc, {"USER": "svc"}), {})
+
+    def test_prepare_as_root(self) -> None:
+        """
+        As root with C{drop_privileges}, the child's C{USER} is C{sandbox.user}, not the
+        gateway's.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("needs root (the private directory is handed to the user)")
+        root = os.path.abspath(self.mktemp())
+        svc = service(sandbox=SandboxConfig(drop_privileges=True, user="nobody"))
+        launch = sandbox.prepare_launch(svc, root, GATEWAY_ENV, euid=0)
+        self.addCleanup(sandbox.remove_private_dir, launch.private_dir)
+        self.assertEqual(launch.env["USER"], "nobody")
+        plain = sandbox.prepare_launch(service(), root, GATEWAY_ENV, euid=0)
+        self.addCleanup(sandbox.remove_private_dir, plain.private_dir)
+        self.assertEqual(plain.env["USER"], "gw")
+
 
 class WorkingDirTests(SynchronousTestCase):
     """L{sandbox.working_dir_for}."""
