@@ -25,6 +25,7 @@ from mcpgw.errors import CallTimeout, StartupFailed
 from mcpgw.swaig import HANGUP_FUNCTION
 
 from .configs import PASSWORD, USER, gateway_config
+from .fakes import TOOLS as FAKE_TOOLS
 from .fakes import FakeServer, text_result
 from .gateway_process import GatewayProcess, gateway_argv, processes_under
 from .test_app import BASE, BASIC, BEARER, Gateway
@@ -48,18 +49,8 @@ NESTED_SCHEMA = {
     },
     "required": ["query", "filter"],
 }
-TOOLS: list[dict[str, Any]] = [
-    {
-        "name": "echo",
-        "description": "Echo a text.",
-        "inputSchema": {
-            "type": "object",
-            "properties": {"text": {"type": "string"}},
-            "required": ["text"],
-        },
-    },
-    {"name": "lookup", "inputSchema": NESTED_SCHEMA},
-]
+# The fakes' echo tool, plus one with a nested schema.
+TOOLS: list[dict[str, Any]] = [*FAKE_TOOLS, {"name": "lookup", "inputSchema": NESTED_SCHEMA}]
 
 
 def webhook_body(function: str, args: Any = None, **fields: Any) -> dict[str, Any]:
