@@ -73,20 +73,22 @@ class Session:
     use_seq: int = 0
 
     def describe(self, now: float) -> dict[str, Any]:
-        remaining = 0.0 if self.in_flight else self.last_accessed + self.timeout - now
+        # The idle TTL counts from the end of the last call: with a call in flight it is whole.
+        remaining = self.timeout if self.in_flight else self.last_accessed + self.timeout - now
+        if self.server is not None:
+            state = "running"
+        else:
+            state = "starting" if self.starting else "stopped"
         return {
             "service_name": self.service,
             "created_at": iso(self.created_at),
             "last_accessed": iso(self.last_accessed),
             "timeout": self.timeout,
-            "time_remaining": max(0.0, round(remaining, 3))
-            if not self.in_flight
-            else self.timeout,
+            "time_remaining": max(0.0, round(remaining, 3)),
             "metadata": self.metadata,
-            "state": "running"
-            if self.server is not None
-            else ("starting" if self.starting else "stopped"),
+            "state": state,
             "calls_in_flight": self.in_flight,
+            "restarts": self.restarts,
         }
 
 

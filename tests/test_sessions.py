@@ -152,6 +152,7 @@ class SessionManagerTests(SynchronousTestCase):
         again = self.successResultOf(self.call())
         self.assertTrue(again.restarted)
         self.assertEqual(len(self.factory.servers), 2)
+        self.assertEqual(self.manager.snapshot()["s1"]["restarts"], 1)
         self.assertFalse(self.successResultOf(self.call()).restarted)
 
     def test_idle_death_restarts(self) -> None:
