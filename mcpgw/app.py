@@ -28,12 +28,11 @@ from mcpgw.catalog import ToolsCatalog
 from mcpgw.config import Config, ServiceConfig
 from mcpgw.errors import BadRequest, GatewayError, RateLimited, UnknownService
 from mcpgw.jsonio import parse_json
-from mcpgw.sessions import SessionManager
+from mcpgw.sessions import SessionManager, valid_session_id
 from mcpgw.web import client_ip_of, principal_of, security_event, write_json
 
 log = Logger()
 
-SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -47,14 +46,6 @@ class UnsupportedMediaType(GatewayError):
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def valid_session_id(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and SESSION_ID.fullmatch(value) is not None
-        and value not in (".", "..")
-    )
 
 
 def valid_tool_name(value: object) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -39,6 +40,17 @@ from mcpgw.errors import (
 from mcpgw.servers import RunningServer, ServerFactory
 
 log = Logger()
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def valid_session_id(value: object) -> bool:
+    """SPEC 4.1: ``^[A-Za-z0-9_.-]{1,128}$`` as a whole string, and not ``.`` or ``..``."""
+    return (
+        isinstance(value, str)
+        and _SESSION_ID.fullmatch(value) is not None
+        and value not in (".", "..")
+    )
 
 
 def iso(seconds: float) -> str:

@@ -53,6 +53,7 @@ from mcpgw.errors import (
     UnknownService,
 )
 from mcpgw.jsonio import parse_json
+from mcpgw.sessions import valid_session_id
 
 HANGUP_FUNCTION = "mcp_gateway_hangup"
 HANGUP_DESCRIPTION = "Close this call's MCP tool sessions when the call ends."
@@ -64,7 +65,6 @@ _HASH_LENGTHS = (6, 8, 10, 12, 16, 24, 32, 48, 59)
 
 _VALID_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INVALID_CHAR = re.compile(r"[^A-Za-z0-9_]")
-_SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _EMPTY_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
 
 
@@ -264,11 +264,6 @@ def webhook_url(public_url: str, user: str | None, password: str | None) -> str:
         netloc = quote(user, safe="") + ":" + quote(password, safe="") + "@" + host
     path = parts.path.rstrip("/") + "/swaig"
     return urlunsplit((parts.scheme, netloc, path, parts.query, ""))
-
-
-def valid_session_id(session_id: str) -> bool:
-    """SPEC 4.1: ``^[A-Za-z0-9_.-]{1,128}$`` as a whole string, and not ``.`` or ``..``."""
-    return session_id not in (".", "..") and _SESSION_ID.fullmatch(session_id) is not None
 
 
 def _present(value: Any) -> bool:
