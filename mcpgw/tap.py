@@ -20,7 +20,8 @@ from twisted.python import usage
 from mcpgw.app import GatewayApp
 from mcpgw.auth import Credentials
 from mcpgw.catalog import ToolsCatalog
-from mcpgw.config import Config, load_config
+from mcpgw.config import Config
+from mcpgw.config_loader import load_config
 from mcpgw.errors import ConfigError
 from mcpgw.listen import ListenerService, server_endpoint, url_host
 from mcpgw.logs import FileLogService

@@ -16,7 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpgw.app import GatewayApp
 from mcpgw.auth import Credentials
 from mcpgw.catalog import ToolsCatalog
-from mcpgw.config import Config, parse_config
+from mcpgw.config import Config
+from mcpgw.config_loader import parse_config
 from mcpgw.errors import CallTimeout, JsonRpcError
 from mcpgw.ratelimit import RateLimiter, client_ip
 from mcpgw.sessions import SessionManager

@@ -22,9 +22,8 @@ from mcpgw.config import (
     ServiceConfig,
     SessionConfig,
     SwaigConfig,
-    load_config,
-    parse_config,
 )
+from mcpgw.config_loader import load_config, parse_config
 from mcpgw.errors import ConfigError
 from mcpgw.substitution import parse_bool, parse_float, parse_int, substitute
 

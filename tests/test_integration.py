@@ -18,7 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from mcpgw.config import parse_config
+from mcpgw.config_loader import parse_config
 from mcpgw.tap import build_service
 
 from .gateway_process import processes_under

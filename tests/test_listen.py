@@ -11,7 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from mcpgw.config import Config, parse_config
+from mcpgw.config import Config
+from mcpgw.config_loader import parse_config
 from mcpgw.errors import ConfigError
 from mcpgw.listen import ListenerService, certificate_options, server_endpoint, wants_tls
 
