@@ -245,6 +245,31 @@ class WebhookTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.gw = SwaigGateway(self, swaig=SWAIG_CREDENTIALS)
 
+    def test_function_table_follows_the_catalog(self) -> None:
+        """
+        The webhook's function table is built once per catalog state: later webhooks reuse
+        it, and a re-probe (tools/list_changed) brings the new tools in.
+        """
+        from mcpgw import swaig
+
+        builds: list[int] = []
+        original = swaig.build_function_table
+
+        def counting(catalog: Any) -> Any:
+            builds.append(1)
+            return original(catalog)
+
+        self.patch(swaig, "build_function_table", counting)
+        for _ in range(3):
+            body = webhook_body("mcp_echo_echo", {"text": "x"}, call_id="c")
+            self.assertEqual(self.gw.webhook(body), "echo:{'text': 'x'}")
+        self.assertEqual(len(builds), 1)
+        self.gw.factory.tools = [{"name": "fresh", "inputSchema": {"type": "object"}}]
+        self.gw.catalog.invalidate("echo")
+        body = webhook_body("mcp_echo_fresh", {}, call_id="c")
+        self.assertEqual(self.gw.webhook(body), "fresh:{}")
+        self.assertEqual(len(builds), 2)
+
     def test_accepted_credentials(self) -> None:
         """POST /swaig accepts the main Basic pair, the token and the ``swaig.*`` pair."""
         for auth in (BASIC, BEARER, HOOK):
