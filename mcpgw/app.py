@@ -17,7 +17,6 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -28,6 +27,7 @@ from mcpgw.catalog import ToolsCatalog
 from mcpgw.config import Config, ServiceConfig
 from mcpgw.errors import BadRequest, GatewayError, RateLimited, UnknownService
 from mcpgw.jsonio import parse_json
+from mcpgw.logs import Logger
 from mcpgw.sessions import SessionManager, valid_session_id
 from mcpgw.web import client_ip_of, principal_of, security_event, write_json
 

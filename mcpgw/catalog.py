@@ -16,11 +16,11 @@ from typing import Any
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpgw.config import ServiceConfig
 from mcpgw.errors import ServiceUnavailable, UnknownService
+from mcpgw.logs import Logger
 from mcpgw.servers import RunningServer, ServerFactory
 
 log = Logger()

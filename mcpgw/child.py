@@ -39,10 +39,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpgw.errors import ChildFailed, JsonRpcError
+from mcpgw.logs import Logger
 
 METHOD_NOT_FOUND = -32601
 

@@ -27,7 +27,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import mcpgw
@@ -35,6 +34,7 @@ from mcpgw import sandbox
 from mcpgw.child import MCPChildProtocol
 from mcpgw.config import ServiceConfig
 from mcpgw.errors import CallTimeout, ChildFailed, InvalidResult, JsonRpcError, StartupFailed
+from mcpgw.logs import Logger
 
 OFFERED_VERSION = "2025-11-25"
 SUPPORTED_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})

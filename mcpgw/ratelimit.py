@@ -26,9 +26,9 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from mcpgw.config import RateLimitConfig
+from mcpgw.logs import Logger
 
 # Tolerance for float arithmetic when comparing token levels.
 _EPSILON = 1e-9

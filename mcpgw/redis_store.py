@@ -38,9 +38,9 @@ from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEnd
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 
 from mcpgw.config import redact_uri
+from mcpgw.logs import Logger
 from mcpgw.ratelimit import Decision, Limit, decide
 
 # KEYS: one bucket per limit. ARGV: capacity and period (microseconds) per limit.

@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from mcpgw import sandbox
 from mcpgw.config import ServiceConfig
+from mcpgw.logs import Logger
 
 log = Logger()
 

@@ -25,7 +25,6 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpgw.config import ServiceConfig, SessionConfig
@@ -37,6 +36,7 @@ from mcpgw.errors import (
     TooManySessions,
     UnknownService,
 )
+from mcpgw.logs import Logger
 from mcpgw.servers import RunningServer, ServerFactory
 
 log = Logger()

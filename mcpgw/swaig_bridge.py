@@ -31,13 +31,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from mcpgw import swaig
 from mcpgw.catalog import ToolsCatalog
 from mcpgw.config import Config
 from mcpgw.errors import GatewayError
+from mcpgw.logs import Logger
 from mcpgw.sessions import SessionManager
 from mcpgw.web import security_event
 

@@ -14,7 +14,6 @@ from functools import lru_cache
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.logger import Logger
 from twisted.python import usage
 
 from mcpgw.app import GatewayApp
@@ -24,7 +23,7 @@ from mcpgw.config import Config
 from mcpgw.config_loader import load_config
 from mcpgw.errors import ConfigError
 from mcpgw.listen import ListenerService, server_endpoint, url_host
-from mcpgw.logs import FileLogService
+from mcpgw.logs import FileLogService, Logger
 from mcpgw.servers import ServerFactory, mcp_server_factory
 from mcpgw.sessions import SessionManager
 from mcpgw.web import GatewayResource, GatewaySite

@@ -19,14 +19,16 @@ from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from mcpgw import logs
 from mcpgw.auth import Credentials, authenticate
 from mcpgw.jsonio import json_bytes
+from mcpgw.logs import Logger
 
 log = Logger()
 
@@ -57,6 +59,8 @@ def write_json(
 
 def security_event(kind: str, **fields: Any) -> None:
     """Log a security event: an INFO event whose text is one JSON object (SPEC 10)."""
+    if LogLevel.info < logs.threshold:
+        return
     log.info("{security}", security=json.dumps({"event": kind, **fields}), security_event=kind)
 
 
