@@ -8,6 +8,7 @@ This is the only module that resolves the global reactor, lazily, inside ``makeS
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -78,7 +79,17 @@ def _check_dir(source: str, key: str, directory: str) -> None:
 
 
 class GatewayService(MultiService):
-    """The whole gateway; its parts are reachable for tests and the shim."""
+    """
+    The whole gateway; its parts are reachable for tests and the shim.
+
+    @ivar freeze_heap: on start, collect garbage once, then move every object left (modules,
+        classes, the config: some 60 000 of them) out of the garbage collector's sight
+        (``gc.freeze``). Its full collections then scan only what was made since, and stop
+        pausing every session's calls for 20 to 25 ms a few times a minute under load.
+        ``makeService`` sets it; tests leave it off (a test process keeps what it froze).
+    """
+
+    freeze_heap = False
 
     def __init__(self, config: Config) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -93,6 +104,9 @@ class GatewayService(MultiService):
         # the probes' children (SPEC 5: probed once the listener is up).
         os.makedirs(self.config.session.sandbox_dir, mode=0o700, exist_ok=True)
         super().startService()  # type: ignore[no-untyped-call]
+        if self.freeze_heap:
+            gc.collect()
+            gc.freeze()
         if self.catalog is not None:
             self.catalog.probe_all()
 
@@ -167,4 +181,6 @@ def build_service(
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build_service(reactor, options["gateway_config"], os.environ)
+    top = build_service(reactor, options["gateway_config"], os.environ)
+    top.freeze_heap = True
+    return top
