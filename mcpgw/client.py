@@ -35,6 +35,7 @@ from mcpgw.child import MCPChildProtocol
 from mcpgw.config import ServiceConfig
 from mcpgw.errors import CallTimeout, ChildFailed, InvalidResult, JsonRpcError, StartupFailed
 from mcpgw.logs import Logger
+from mcpgw.priority import ChildPriority
 
 OFFERED_VERSION = "2025-11-25"
 SUPPORTED_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
@@ -50,7 +51,8 @@ class MCPServer:
     exiting has been read (a response still in the pipe completes its call), at most
     ``drain_grace`` s after the exit. ``on_tools_changed()`` on every
     ``notifications/tools/list_changed``. ``tools``: the util-linux launch chain
-    (``sandbox.find_tools``), else the Python launcher.
+    (``sandbox.find_tools``), else the Python launcher. ``idle_policy``: the child may run as
+    ``SCHED_IDLE`` while it starts (``mcpgw.priority``).
 
     @ivar term_grace: seconds between closing stdin and SIGTERM to the process group.
     @ivar kill_grace: seconds between SIGTERM and SIGKILL.
@@ -77,6 +79,7 @@ class MCPServer:
         on_tools_changed: Callable[[], None] | None = None,
         on_exit: Callable[[str], None] | None = None,
         tools: sandbox.Tools | None = None,
+        idle_policy: bool = False,
     ) -> None:
         self._reactor = reactor
         self._clock = IReactorTime(reactor)
@@ -86,6 +89,8 @@ class MCPServer:
         self._on_tools_changed = on_tools_changed
         self._on_exit = on_exit
         self._tools = tools
+        self._idle_policy = idle_policy
+        self._priority: ChildPriority | None = None
         self.killpg: Callable[[int, int], None] = os.killpg
         self._protocol: MCPChildProtocol | None = None
         self._transport: IProcessTransport | None = None
@@ -182,6 +187,10 @@ class MCPServer:
             self._protocol = None
             raise StartupFailed(f"cannot spawn MCP server {self.name!r}: {e}") from e
         self._pgid = self._transport.pid
+        nice = sandbox.startup_nice(service)
+        if nice and self._pgid is not None:
+            self._priority = ChildPriority(self._clock, self._pgid, nice, self._idle_policy)
+            self._priority.start()
         self.log.info(
             "spawned {server} pid={pid} dir={private_dir} ({launcher} launcher)",
             server=self.name,
@@ -231,6 +240,8 @@ class MCPServer:
         self.capabilities = capabilities if isinstance(capabilities, dict) else {}
         self.protocol_version = str(version)
         protocol.notify("notifications/initialized")
+        if self._priority is not None:
+            self._priority.serving()
         self.log.info(
             "initialized {server} ({version}, {server_name})",
             server=self.name,
@@ -379,6 +390,8 @@ class MCPServer:
             self._finish()
             return d
         if protocol.exit_description is None and self._transport is not None:
+            if self._priority is not None:
+                self._priority.stopping()
             self._transport.closeStdin()
             self._timers["term"] = self._clock.callLater(self.term_grace, self._terminate)
         return d
@@ -419,6 +432,8 @@ class MCPServer:
         self._stopping = True
         for name in list(self._timers):
             self._cancel_timer(name)
+        if self._priority is not None:
+            self._priority.cancel()
         removed = (
             self._remove_private_dir(self._private_dir)
             if self._private_dir is not None

@@ -18,13 +18,17 @@ MiB = 1024 * 1024
 
 @attrs.frozen
 class ResourceLimits:
-    """RLIMITs applied by the launcher; ``None`` leaves that limit alone."""
+    """
+    RLIMITs applied by the launcher; ``None`` leaves that limit alone. ``startup_nice`` is not
+    an RLIMIT: the CPU priority of a child while it starts and stops (``mcpgw.priority``).
+    """
 
     cpu_seconds: int | None = 3600
     memory_mb: int | None = 2048
     file_size_mb: int | None = 100
     open_files: int | None = 1024
     max_processes: int | None = None
+    startup_nice: int | None = 19
 
 
 @attrs.frozen

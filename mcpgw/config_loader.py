@@ -291,6 +291,10 @@ def _resource_limits(sec: Reader) -> ResourceLimits | None:
     return ResourceLimits() if flag else None
 
 
+#: Limits with an upper bound (a nice value runs from 1 to 19).
+_LIMIT_MAXIMA = {"startup_nice": 19}
+
+
 def _one_limit(sec: Reader, key: str) -> int | None:
     """A positive int, or null/false (also "off", "no", "false") to leave that limit alone."""
     value = sec.raw(key)
@@ -299,7 +303,12 @@ def _one_limit(sec: Reader, key: str) -> int | None:
     number = as_int(value)
     if number is None and as_bool(value) is False:
         return None
+    most = _LIMIT_MAXIMA.get(key)
+    if most is not None and (number is None or not 0 <= number <= most):
+        raise sec.error(key, f"must be an integer from 0 to {most}, or null/false to disable it")
     if number is None or number < 1:
+        if most is not None:  # 0: the same as false
+            return None
         raise sec.error(key, "must be a positive integer, or null/false to disable it")
     return number
 

@@ -235,6 +235,14 @@ def prlimit_options(
     return options
 
 
+def startup_nice(service: ServiceConfig) -> int:
+    """The nice value of a starting or stopping child's session group; 0: leave it alone."""
+    sandbox = service.sandbox
+    if not sandbox.enabled or sandbox.resource_limits is None:
+        return 0
+    return sandbox.resource_limits.startup_nice or 0
+
+
 def working_dir_for(service: ServiceConfig, private_dir: str) -> str:
     """``service.working_dir``, else ``sandbox.working_dir``, else the private directory."""
     return service.working_dir or service.sandbox.working_dir or private_dir

@@ -62,6 +62,7 @@ def mcp_server_factory(
         startup); ``None``: the Python launcher.
     """
     from mcpgw.client import MCPServer
+    from mcpgw.priority import can_use_idle_policy
 
     chain: sandbox.Tools | None
     if tools == "auto":
@@ -69,6 +70,7 @@ def mcp_server_factory(
         log.info("MCP server children are launched with {how}", how=how)
     else:
         chain = tools
+    idle_policy = can_use_idle_policy()
 
     def make(
         service: ServiceConfig,
@@ -84,6 +86,7 @@ def mcp_server_factory(
             on_tools_changed=on_tools_changed,
             on_exit=on_exit,
             tools=chain,
+            idle_policy=idle_policy,
         )
 
     return make

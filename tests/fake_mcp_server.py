@@ -25,6 +25,9 @@ Flags (all optional):
                            written to stderr as ``grandchild pid=N``.
 ``--grandchild-holds-pipes``  the same, but the grandchild inherits stdout and stderr.
 ``--crlf``                 end output lines with ``\\r\\n``.
+``--init-delay=S``         wait S seconds, then note its CPU priority (``priority``), before
+                           answering ``initialize``.
+``--priority-on-eof=PATH`` on stdin EOF, write its CPU priority as JSON to PATH.
 
 Tools (``tools/call``; unknown tools get JSON-RPC ``-32602`` ``Unknown tool: NAME``):
 
@@ -58,6 +61,9 @@ Tools (``tools/call``; unknown tools get JSON-RPC ``-32602`` ``Unknown tool: NAM
 ``bad_params``             a JSON-RPC error ``-32602`` ``Invalid params``.
 ``is_error``               a result with ``isError: true`` and text ``tool failed``.
 ``env``                    the process environment as JSON text.
+``priority``               its CPU priority (scheduling policy, nice value of its session's
+                           autogroup) when it answered ``initialize`` and now, as JSON text
+                           ``{"startup": {...}, "now": {...}}``.
 ``sandbox``                JSON text: ``cwd``, ``pid``, ``pgid``, ``sid``, ``uid``, ``rlimits``
                            (``cpu``, ``as``, ``fsize``, ``nofile``, ``nproc``: [soft, hard]),
                            ``sigblk`` (the blocked signal mask), ``pdeathsig``.
@@ -76,6 +82,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 LEGACY_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 
@@ -104,6 +111,7 @@ class FakeServer:
         self.cancelled: list[object] = []
         self.waiting: dict[object, dict] = {}
         self.waiting_cond = threading.Condition()
+        self.startup_priority: dict | None = None
 
     # -- output ---------------------------------------------------------------------------
 
@@ -146,6 +154,9 @@ class FakeServer:
                 with self.waiting_cond:
                     self.waiting[message.get("id")] = message
                     self.waiting_cond.notify_all()
+        if "priority-on-eof" in self.flags:
+            with open(self.flags["priority-on-eof"], "w") as f:
+                json.dump(priority_report(), f)
         if "ignore-eof" in self.flags:
             threading.Event().wait()
         return 0
@@ -169,6 +180,9 @@ class FakeServer:
             self.error(request_id, -32601, "Method not found", method)
 
     def initialize(self, request_id: object, params: dict) -> None:
+        if "init-delay" in self.flags:
+            time.sleep(float(self.flags["init-delay"]))
+        self.startup_priority = priority_report()
         if "no-init-reply" in self.flags:
             return
         if "init-error" in self.flags:
@@ -286,6 +300,9 @@ class FakeServer:
             self.text(request_id, "tool failed", isError=True)
         elif name == "env":
             self.text(request_id, json.dumps(dict(os.environ)))
+        elif name == "priority":
+            report = {"startup": self.startup_priority, "now": priority_report()}
+            self.text(request_id, json.dumps(report))
         elif name == "sandbox":
             self.text(request_id, json.dumps(sandbox_report()))
         elif name == "spawn_grandchild":
@@ -330,6 +347,20 @@ def sandbox_report() -> dict:
         "sigblk": _status_mask("SigBlk"),
         "pdeathsig": _pdeathsig(),
     }
+
+
+def priority_report() -> dict:
+    """This process's scheduling policy and its autogroup's nice value (``None``: unknown)."""
+    try:
+        policy: int | None = os.sched_getscheduler(0)
+    except (AttributeError, OSError):
+        policy = None
+    try:
+        with open("/proc/self/autogroup") as f:
+            autogroup: int | None = int(f.read().split("nice")[1])
+    except (OSError, IndexError, ValueError):
+        autogroup = None
+    return {"policy": policy, "autogroup": autogroup}
 
 
 def _status_mask(name: str) -> int | None:

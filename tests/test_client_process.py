@@ -18,9 +18,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from mcpgw import sandbox
+from mcpgw import priority, sandbox
 from mcpgw.client import MCPServer
-from mcpgw.config import SandboxConfig, ServiceConfig
+from mcpgw.config import ResourceLimits, SandboxConfig, ServiceConfig
 from mcpgw.errors import ChildFailed, JsonRpcError, StartupFailed
 
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_mcp_server.py")
@@ -70,7 +70,12 @@ class RealProcessTests(TestCase):
         self.exits: list[str] = []
         self.changes: list[None] = []
 
-    def server(self, service: ServiceConfig, environ: dict[str, str] | None = None) -> MCPServer:
+    def server(
+        self,
+        service: ServiceConfig,
+        environ: dict[str, str] | None = None,
+        idle_policy: bool = False,
+    ) -> MCPServer:
         server = MCPServer(
             reactor,
             service,
@@ -79,6 +84,7 @@ class RealProcessTests(TestCase):
             on_tools_changed=lambda: self.changes.append(None),
             on_exit=self.exits.append,
             tools=self.tools,
+            idle_policy=idle_policy,
         )
         server.term_grace = 0.5
         server.kill_grace = 0.5
@@ -263,6 +269,50 @@ class RealProcessTests(TestCase):
         self.assertEqual(report["pgid"], server.pid)
         self.assertEqual(report["sid"], server.pid)
         self.assertEqual(server.launcher, self.launcher)
+
+    @inlineCallbacks
+    def test_priority_while_starting_and_stopping(self) -> Any:
+        """
+        Until it has answered C{initialize}, and again once it is stopped, the child's session
+        group has C{startup_nice} and, where the gateway may set it back, the child runs as
+        C{SCHED_IDLE}; while it serves it has nice 0 and C{SCHED_OTHER}.
+        """
+        idle = priority.can_use_idle_policy()
+        on_eof = os.path.abspath(self.mktemp())
+        server = self.server(
+            fake_service("--init-delay=0.3", f"--priority-on-eof={on_eof}"), idle_policy=idle
+        )
+        yield server.start()
+        report = json.loads(text_of((yield server.call_tool("priority", {}, 10))))
+        if report["now"]["autogroup"] is None:
+            raise SkipTest("no /proc/self/autogroup here")
+        starting = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        self.assertEqual(report["startup"], {"policy": starting, "autogroup": 19})
+        self.assertEqual(report["now"], {"policy": os.SCHED_OTHER, "autogroup": 0})
+        yield server.stop()
+        with open(on_eof) as f:
+            self.assertEqual(json.load(f), {"policy": starting, "autogroup": 19})
+
+    @inlineCallbacks
+    def test_priority_left_alone(self) -> Any:
+        """C{startup_nice: null} leaves the child's priority alone, from start to stop."""
+        limits = ResourceLimits(startup_nice=None)
+        on_eof = os.path.abspath(self.mktemp())
+        service = fake_service(
+            "--init-delay=0.3",
+            f"--priority-on-eof={on_eof}",
+            sandbox=SandboxConfig(resource_limits=limits),
+        )
+        server = self.server(service, idle_policy=priority.can_use_idle_policy())
+        yield server.start()
+        report = json.loads(text_of((yield server.call_tool("priority", {}, 10))))
+        if report["now"]["autogroup"] is None:
+            raise SkipTest("no /proc/self/autogroup here")
+        normal = {"policy": os.SCHED_OTHER, "autogroup": 0}
+        self.assertEqual(report, {"startup": normal, "now": normal})
+        yield server.stop()
+        with open(on_eof) as f:
+            self.assertEqual(json.load(f), normal)
 
     @inlineCallbacks
     def test_signals_and_pdeathsig(self) -> Any:

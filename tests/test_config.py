@@ -978,6 +978,28 @@ class ResourceLimitsTests(SynchronousTestCase):
             ),
         )
 
+    def test_startup_nice(self) -> None:
+        """
+        C{startup_nice} (not an RLIMIT: a starting child's CPU priority) is 19 by default, a
+        nice value from 1 to 19, or off with 0, null or false.
+        """
+        self.assertEqual(ResourceLimits().startup_nice, 19)
+        nice = [self.limits({"startup_nice": v}).startup_nice for v in (5, "12", 19)]  # type: ignore[union-attr]
+        self.assertEqual(nice, [5, 12, 19])
+        for off in (0, "0", None, False, "off"):
+            self.assertIsNone(self.limits({"startup_nice": off}).startup_nice)  # type: ignore[union-attr]
+        for value in [20, -1, 1.5, True, "low"]:
+            error = self.assertRaises(
+                ConfigError,
+                parse,
+                with_service(sandbox_config={"resource_limits": {"startup_nice": value}}),
+            )
+            self.assertEqual(
+                str(error),
+                "config.json: services.svc.sandbox_config.resource_limits.startup_nice: "
+                "must be an integer from 0 to 19, or null/false to disable it",
+            )
+
     def test_invalid(self) -> None:
         """
         A limit must be a positive integer; the whole value an object or a boolean.
