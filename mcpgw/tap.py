@@ -165,6 +165,7 @@ def build_service(
         Credentials.from_config(config),
         client_ip=ip_of,
         on_auth_failure=lambda ip: limiter.check("default", "-", ip),
+        render_call=gateway.render_call,
     )
     site = GatewaySite(root, config.server.max_body_bytes, reactor=reactor)
     endpoint, scheme = server_endpoint(reactor, config)

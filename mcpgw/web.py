@@ -73,6 +73,16 @@ def client_ip_of(request: IRequest) -> str:
     return cast(str, getattr(request, "_mcpgw_ip", ""))
 
 
+def call_route_name(path: bytes) -> str | None:
+    """The service of a plain ``/services/<name>/call`` path, else ``None`` (Klein's)."""
+    if not path.startswith(b"/services/") or not path.endswith(b"/call") or b"%" in path:
+        return None
+    name = path[10:-5]
+    if not name or b"/" in name:
+        return None
+    return name.decode("utf-8")
+
+
 class GatewayResource(Resource):
     """The root: headers, authentication, then the Klein resource."""
 
@@ -85,6 +95,7 @@ class GatewayResource(Resource):
         *,
         client_ip: Callable[[IRequest], str],
         on_auth_failure: Callable[[str], Deferred[Any]] | None = None,
+        render_call: Callable[[IRequest, str], object] | None = None,
     ) -> None:
         """
         @param client_ip: the client address of a request (peer, or X-Forwarded-For from a
@@ -92,12 +103,15 @@ class GatewayResource(Resource):
         @param on_auth_failure: called with the client IP after a failed authentication; fires
             with the rate-limit decision of ``(-, IP)`` (``mcpgw.ratelimit.Decision``, or None
             when nothing limits): refused answers 429 instead of 401.
+        @param render_call: serves ``POST /services/<name>/call`` past Klein's routing
+            (``GatewayApp.render_call``), for plain paths (no ``%``-escape, one segment).
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self._inner = inner
         self._credentials = credentials
         self._client_ip = client_ip
         self._on_auth_failure = on_auth_failure
+        self._render_call = render_call
 
     def render(self, request: IRequest) -> Any:
         headers = request.responseHeaders
@@ -120,6 +134,10 @@ class GatewayResource(Resource):
         principal = authenticate(auth[0] if auth else None, self._credentials, webhook=webhook)
         if principal is not None:
             setattr(request, "_mcpgw_principal", principal)  # noqa: B010
+            if self._render_call is not None and request.method == b"POST":
+                service = call_route_name(path)
+                if service is not None:
+                    return self._render_call(request, service)
             return self._inner.render(request)
         security_event(
             "auth_failed",

@@ -11,6 +11,8 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpgw.app import GatewayApp
@@ -86,6 +88,7 @@ class Gateway:
             Credentials.from_config(self.config),
             client_ip=ip_of,
             on_auth_failure=auth_failed,
+            render_call=app.render_call,
         )
         self.stub = StubTreq(root)
         self.testcase = testcase
@@ -357,6 +360,35 @@ class CallTests(SynchronousTestCase):
             404,
             "Unknown service: off",
         )
+
+    def test_escaped_path_same_answers(self) -> None:
+        """
+        A plain path is served past Klein's routing; a %-escaped one goes through Klein. Both
+        give the same answers, successes and errors alike.
+        """
+        ok = {"tool": "echo", "session_id": "s1", "arguments": {"text": "hi"}}
+        for path in ("/services/echo/call", "/services/%65cho/call"):
+            r = self.gw.request("POST", path, ok)
+            self.assertEqual(r.code, 200)
+            self.assertEqual(self.gw.json(r)["result"], "echo:{'text': 'hi'}")
+            r = self.gw.request("POST", path, {"session_id": "s1"})
+            self.assertError(r, 400, "Missing 'tool' parameter")
+        for path in ("/services/off/call", "/services/%6Fff/call"):
+            self.assertError(self.gw.request("POST", path, ok), 404, "Unknown service: off")
+        self.assertEqual(len(self.gw.factory.servers), 1)
+
+    def test_unexpected_error_is_500(self) -> None:
+        """A bug below the call route answers a bare 500 and logs the traceback."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("boom")
+
+        self.gw.sessions.call = broken  # type: ignore[method-assign]
+        r = self.gw.call({"tool": "echo", "session_id": "s"})
+        self.assertError(r, 500, "Internal server error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(any(e.get("log_failure") for e in events))
 
     def test_jsonrpc_errors(self) -> None:
         """-32601/-32602 map to 400, other codes to 422, with the MCP error kept."""

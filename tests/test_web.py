@@ -12,11 +12,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
 from mcpgw.auth import Credentials
-from mcpgw.web import GatewayResource, GatewaySite
+from mcpgw.web import GatewayResource, GatewaySite, call_route_name
 
 
 class Echo(Resource):
@@ -98,3 +98,24 @@ class BodyLimitTests(TestCase):
         self.assertIn(b"Cache-Control: no-store", answer)
         self.assertNotIn(b"Server:", answer)
         self.assertEqual(Echo.bodies, [b"0123456789"])
+
+
+class CallRouteNameTests(SynchronousTestCase):
+    """Which paths C{GatewayResource} serves past Klein's routing."""
+
+    def test_plain_paths(self) -> None:
+        self.assertEqual(call_route_name(b"/services/echo/call"), "echo")
+        self.assertEqual(call_route_name(b"/services/caf\xc3\xa9/call"), "caf\xe9")
+
+    def test_everything_else_goes_to_klein(self) -> None:
+        for path in [
+            b"/services/call",
+            b"/services//call",
+            b"/services/a/b/call",
+            b"/services/%65cho/call",
+            b"/services/echo/call/",
+            b"/services/echo/tools",
+            b"/sessions",
+            b"//services/echo/call",
+        ]:
+            self.assertIsNone(call_route_name(path), path)
