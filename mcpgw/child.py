@@ -47,9 +47,12 @@ from mcpgw.logs import Logger
 METHOD_NOT_FOUND = -32601
 
 
+_encoder = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_message(message: dict[str, Any]) -> bytes:
-    """One JSON-RPC message as one compact line (``json.dumps`` escapes any newline)."""
-    return json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+    """One JSON-RPC message as one compact line (JSON escapes any newline)."""
+    return _encoder.encode(message).encode("utf-8") + b"\n"
 
 
 def describe_exit(reason: Failure) -> str:

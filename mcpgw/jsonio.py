@@ -36,9 +36,22 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every body (``json.loads`` with an option builds a new one per call).
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_json(raw: bytes | str) -> Any:
-    """Strict JSON: ``ValueError`` for malformed, NaN/Infinity or absurdly nested input."""
+    """
+    Strict JSON: ``ValueError`` for malformed, NaN/Infinity or absurdly nested input. Bytes
+    are decoded as ``json.loads`` does (UTF-8, -16 or -32 by their first bytes).
+    """
+    if isinstance(raw, bytes):
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    elif raw.startswith("\ufeff"):
+        raise ValueError("Unexpected UTF-8 BOM")
+    else:
+        text = raw
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return _decoder.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None

@@ -260,6 +260,7 @@ class MemoryStore:
         pass
 
 
+@functools.lru_cache(maxsize=4096)
 def bucket_key(klass: str, principal: str, ip: str) -> str:
     """An unambiguous key for (class, principal, client IP): each part percent-encoded."""
     return ":".join(quote(part, safe="") for part in (klass, principal, ip))

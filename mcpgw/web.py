@@ -21,6 +21,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -253,9 +254,31 @@ class GatewayRequest(Request):
         transport.loseConnection()
 
 
-class GatewaySite(Site):
-    """Our request class, our body limit, no tracebacks, no access log."""
+class GatewayChannel(HTTPChannel):
+    """
+    An HTTP/1.1 connection that asks its transport only once what cannot change: its own
+    address (every request's ``Request.host``, a ``getsockname`` call) and whether it is TLS
+    (a zope adaptation, asked twice a request). No HTTP/2 negotiation: the API is HTTP/1.1.
+    """
 
+    _host: Any = None
+    _secure: bool | None = None
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = super().getHost()  # type: ignore[no-untyped-call]
+        return self._host
+
+    def isSecure(self) -> bool:
+        if self._secure is None:
+            self._secure = bool(super().isSecure())  # type: ignore[no-untyped-call]
+        return self._secure
+
+
+class GatewaySite(Site):
+    """Our channel and request classes, our body limit, no tracebacks, no access log."""
+
+    protocol = GatewayChannel  # type: ignore[assignment]
     requestFactory = GatewayRequest
     displayTracebacks = False
 

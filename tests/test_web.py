@@ -5,18 +5,24 @@ StubTreq cannot show, since it builds its own Site) and the headers of L{Gateway
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from mcpgw.auth import Credentials
-from mcpgw.web import GatewayResource, GatewaySite, call_route_name
+from mcpgw.jsonio import parse_json
+from mcpgw.web import GatewayChannel, GatewayResource, GatewaySite, call_route_name
 
 
 class Echo(Resource):
@@ -119,3 +125,54 @@ class CallRouteNameTests(SynchronousTestCase):
             b"//services/echo/call",
         ]:
             self.assertIsNone(call_route_name(path), path)
+
+
+class GatewayChannelTests(SynchronousTestCase):
+    """A connection's own address and TLS-ness are asked of the transport once."""
+
+    def channel(self, transport: Any) -> GatewayChannel:
+        channel = GatewayChannel()
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        return channel
+
+    def test_host_asked_once(self) -> None:
+        transport = StringTransport()
+        asked: list[None] = []
+        real = transport.getHost
+
+        def getHost() -> Any:
+            asked.append(None)
+            return real()
+
+        transport.getHost = getHost  # type: ignore[method-assign]
+        channel = self.channel(transport)
+        self.assertIs(channel.getHost(), channel.getHost())
+        self.assertEqual(len(asked), 1)
+
+    def test_secure(self) -> None:
+        self.assertFalse(self.channel(StringTransport()).isSecure())
+
+        @implementer(ISSLTransport)
+        class TLSTransport(StringTransport):
+            def getPeerCertificate(self) -> None:
+                return None
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                pass
+
+        self.assertTrue(self.channel(TLSTransport()).isSecure())
+
+
+class ParseJsonTests(SynchronousTestCase):
+    """C{parse_json} reads bytes as C{json.loads} does, and is strict."""
+
+    def test_encodings(self) -> None:
+        body = {"text": "caf\u00e9 \u2603"}
+        for encoding in ("utf-8", "utf-16", "utf-16-le", "utf-32"):
+            self.assertEqual(parse_json(json.dumps(body).encode(encoding)), body)
+        self.assertEqual(parse_json('{"a": 1}'), {"a": 1})
+
+    def test_strict(self) -> None:
+        for raw in [b"NaN", b"[Infinity]", b"{", "\ufeff{}", b"[" * 100000 + b"]" * 100000]:
+            self.assertRaises(ValueError, parse_json, raw)
