@@ -55,6 +55,34 @@ def encode_message(message: dict[str, Any]) -> bytes:
     return _encoder.encode(message).encode("utf-8") + b"\n"
 
 
+def write_stdin(transport: Any, data: bytes) -> None:
+    """
+    Write ``data`` to a child's stdin at once when nothing is queued there, else queue it.
+
+    Twisted's process transport only queues a write and sends it on the reactor's next turn,
+    after three epoll changes (stop reading, start writing, then stop writing and start
+    reading again: its way of noticing a closed pipe): on every call, between the HTTP request
+    and the child. What the pipe does not take now is queued behind, in order; an error is
+    left for the queued write to meet and report (``writeToFD`` returns it, it never raises).
+    A transport without Twisted's pipes (a test's fake) is written to as usual.
+    """
+    pipes = getattr(transport, "pipes", None)
+    writer = pipes.get(0) if isinstance(pipes, dict) else None
+    if (
+        writer is not None
+        and writer.connected
+        and not writer.disconnecting
+        and len(writer.dataBuffer) == writer.offset
+        and not writer._tempDataBuffer
+    ):
+        written = writer.writeSomeData(data)
+        if isinstance(written, int) and written > 0:
+            if written == len(data):
+                return
+            data = data[written:]
+    transport.write(data)
+
+
 def describe_exit(reason: Failure) -> str:
     """``exited with code N`` or ``was killed by signal N (SIGNAME)`` for a process end."""
     value = reason.value
@@ -164,7 +192,7 @@ class MCPChildProtocol(ProcessProtocol):
     def send(self, message: dict[str, Any]) -> None:
         """Write one message to the child's stdin, if it is still there."""
         if self.transport is not None and self.exit_description is None:
-            self.transport.write(encode_message(message))
+            write_stdin(self.transport, encode_message(message))
 
     def forget(self, request_id: int) -> Deferred[Any] | None:
         """Stop waiting for ``request_id``; its response, if it ever comes, is ignored."""
