@@ -10,8 +10,9 @@ before it answers ``initialize``, then takes as large a share of a busy machine 
 that serves every other session's calls: one client opening and closing sessions slowed the
 calls of four others to 60 % of their rate (``../shared/bench`` scenario g, 2 cores).
 
-So, from the spawn until the child has answered ``initialize``, and again once it is told to
-stop, the gateway:
+So, from the spawn until the child has answered ``initialize`` (and, for the group's nice
+value, again once it is told to stop: a Python child spends milliseconds in its exit), the
+gateway:
 
 - sets the nice value of the child's session group (``/proc/PID/autogroup``;
   ``resource_limits.startup_nice``, 19 by default: about 1.5 % of a nice-0 group's weight);
@@ -185,10 +186,9 @@ class ChildPriority:
         self._set_group(0)
 
     def stopping(self) -> None:
+        # Only the group's weight: a DELETE answers at once, and walking the process tree
+        # to set every thread's policy would add a tenth of a millisecond to it.
         self._serving = False
-        if self._idle:
-            tids = process_tree(self._pid, self._proc)
-            self.idle = set_policy(tids, os.SCHED_IDLE, self._setscheduler) > 0
         self._set_group(self._nice)
 
     def cancel(self) -> None:

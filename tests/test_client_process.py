@@ -273,9 +273,9 @@ class RealProcessTests(TestCase):
     @inlineCallbacks
     def test_priority_while_starting_and_stopping(self) -> Any:
         """
-        Until it has answered C{initialize}, and again once it is stopped, the child's session
-        group has C{startup_nice} and, where the gateway may set it back, the child runs as
-        C{SCHED_IDLE}; while it serves it has nice 0 and C{SCHED_OTHER}.
+        Until it has answered C{initialize} the child's session group has C{startup_nice} and,
+        where the gateway may set it back, the child runs as C{SCHED_IDLE}; while it serves it
+        has nice 0 and C{SCHED_OTHER}; once stopped, its group has C{startup_nice} again.
         """
         idle = priority.can_use_idle_policy()
         on_eof = os.path.abspath(self.mktemp())
@@ -291,7 +291,7 @@ class RealProcessTests(TestCase):
         self.assertEqual(report["now"], {"policy": os.SCHED_OTHER, "autogroup": 0})
         yield server.stop()
         with open(on_eof) as f:
-            self.assertEqual(json.load(f), {"policy": starting, "autogroup": 19})
+            self.assertEqual(json.load(f), {"policy": os.SCHED_OTHER, "autogroup": 19})
 
     @inlineCallbacks
     def test_priority_left_alone(self) -> Any:
