@@ -10,12 +10,22 @@ Two launchers do that, chosen once at startup (``find_tools``):
 - util-linux and coreutils, when present and working (Linux; ``find_tools`` runs the chain
   once)::
 
+      setsid [setpriv [--reuid=U --regid=G --clear-groups] --pdeathsig TERM --]
+          dash -c 'ulimit -t "$1" && ulimit -v "$2" ... && cd -- "$N" && shift N && exec "$@"'
+          mcpgw-launch LIMIT... DIR COMMAND...
+
+  or, without ``dash``, ``prlimit`` and ``env -C`` in its place::
+
       setsid [prlimit --cpu=.. --as=.. --fsize=.. --nofile=.. [--nproc=..] --]
           [setpriv [--reuid=U --regid=G --clear-groups] --pdeathsig TERM --]
           env -C DIR -- COMMAND...
 
   ``setsid(1)`` does not fork when its caller does not lead a process group, which a
-  posix_spawned child never does; each small program adds about 0.7 ms to a spawn;
+  posix_spawned child never does. Each small program adds its exec and dynamic loading to a
+  spawn, half a millisecond or more: Debian's ``dash`` sets the limits (soft and hard, after
+  the switch of user, which may always lower them) and changes directory in one, where
+  ``prlimit`` and ``env`` take two (the first call of a new session: 0.5 ms sooner). The
+  values and the directory are arguments, never part of the script;
 - the Python launcher (``mcpgw._launch``, ``sys.executable -S -I <mcpgw/_launch.py> OPTIONS --
   COMMAND...``, about 9 ms of interpreter start), used when a tool is missing or does not
   work, and for a command that cannot be found, a working directory that is not there or a
@@ -121,6 +131,8 @@ class Tools:
     setpriv: str
     env: str
     hard_limits: Mapping[str, int | None] = attrs.field(factory=dict)
+    #: ``dash``, which replaces ``prlimit`` and ``env -C`` when present (``None``: not used).
+    shell: str | None = None
 
 
 def current_hard_limits() -> dict[str, int | None]:
@@ -134,8 +146,9 @@ def current_hard_limits() -> dict[str, int | None]:
 
 def check_tools(tools: Tools) -> str | None:
     """
-    Run the whole chain once (``setsid prlimit setpriv --pdeathsig env -C / -- env``, with an
-    empty environment); ``None`` if it worked, else why not.
+    Run the whole chain once (``setsid setpriv --pdeathsig dash -c ... env``, or ``setsid
+    prlimit setpriv --pdeathsig env -C / -- env``), with an empty environment; ``None`` if it
+    worked, else why not.
 
     Blocking (a few milliseconds): call it once at startup, before the reactor serves.
     """
@@ -144,12 +157,19 @@ def check_tools(tools: Tools) -> str | None:
     def text(value: int) -> str:
         return "unlimited" if value == resource.RLIM_INFINITY else str(value)
 
-    argv = [
-        tools.setsid,
-        tools.prlimit, f"--nofile={text(soft)}:{text(hard)}", "--",
-        tools.setpriv, "--pdeathsig", "TERM", "--",
-        tools.env, "-C", "/", "--", tools.env,
-    ]  # fmt: skip
+    if tools.shell is not None:
+        argv = [
+            tools.setsid,
+            tools.setpriv, "--pdeathsig", "TERM", "--",
+            *shell_launch(tools.shell, [("nofile", soft)], "/", {}), tools.env,
+        ]  # fmt: skip
+    else:
+        argv = [
+            tools.setsid,
+            tools.prlimit, f"--nofile={text(soft)}:{text(hard)}", "--",
+            tools.setpriv, "--pdeathsig", "TERM", "--",
+            tools.env, "-C", "/", "--", tools.env,
+        ]  # fmt: skip
     try:
         done = subprocess.run(
             argv,
@@ -175,7 +195,8 @@ def find_tools(
 ) -> tuple[Tools | None, str]:
     """
     Resolve ``setsid``, ``prlimit``, ``setpriv`` (util-linux) and ``env`` (coreutils, with
-    ``-C``) and check that they work together.
+    ``-C``), and ``dash`` if there is one, and check that they work together (the chain with
+    ``dash`` first, then without).
 
     @return: ``(tools, how)``, ``tools`` ``None`` when the Python launcher must be used, and
         ``how`` a sentence for the log saying which launcher and why.
@@ -188,6 +209,15 @@ def find_tools(
         return None, f"the Python launcher ({', '.join(missing)} not found)"
     paths = {name: os.path.abspath(path) for name, path in found.items() if path is not None}
     tools = Tools(hard_limits=current_hard_limits(), **paths)
+    dash = which("dash")
+    if dash is not None:
+        with_dash = attrs.evolve(tools, shell=os.path.abspath(dash))
+        if check(with_dash) is None:
+            chain = " ".join(paths[name] for name in ("setsid", "setpriv"))
+            return (
+                with_dash,
+                f"util-linux ({chain}) and {with_dash.shell} for limits and directory",
+            )
     problem = check(tools)
     if problem is not None:
         return None, f"the Python launcher (util-linux chain: {problem})"
@@ -220,19 +250,60 @@ def limit_options(limits: ResourceLimits | None) -> list[str]:
     return [f"--{name}={value}" for name, value in limit_values(limits)]
 
 
-def prlimit_options(
+def clamped_limits(
     limits: ResourceLimits | None, hard_limits: Mapping[str, int | None]
-) -> list[str]:
-    """``prlimit`` options for ``limits``, each lowered to the gateway's hard limit."""
-    options = []
+) -> list[tuple[str, int]]:
+    """``limit_values``, each lowered to the gateway's hard limit (raising it would fail)."""
+    clamped = []
     for name, value in limit_values(limits):
         if name not in RLIMITS:
             continue
         hard = hard_limits.get(name)
         if hard is not None and value > hard:
             value = hard
-        options.append(f"--{name}={value}")
-    return options
+        clamped.append((name, value))
+    return clamped
+
+
+def prlimit_options(
+    limits: ResourceLimits | None, hard_limits: Mapping[str, int | None]
+) -> list[str]:
+    """``prlimit`` options for ``limits``, each lowered to the gateway's hard limit."""
+    return [f"--{name}={value}" for name, value in clamped_limits(limits, hard_limits)]
+
+
+#: ``ulimit`` option and unit (bytes per unit) of each limit, in ``dash``.
+SHELL_LIMITS = {"cpu": ("t", 1), "as": ("v", 1024), "fsize": ("f", 512), "nofile": ("n", 1),
+                "nproc": ("p", 1)}  # fmt: skip
+
+
+def shell_launch(
+    shell: str, limits: list[tuple[str, int]], working_dir: str, env: Mapping[str, str]
+) -> list[str]:
+    """
+    ``dash -c SCRIPT mcpgw-launch ARG...``, to be followed by the command: the script sets
+    each limit (soft and hard) and the directory from its arguments, then execs the rest.
+
+    ``cd`` makes the shell export ``PWD`` and ``OLDPWD``: the script puts back what ``env``
+    (the child's environment) holds, so the command gets exactly ``env``, as from the other
+    launchers.
+    """
+    steps: list[str] = []
+    args: list[str] = []
+
+    def arg(value: str) -> str:
+        args.append(value)
+        return f'"${len(args)}"'
+
+    for name, value in limits:
+        option, unit = SHELL_LIMITS[name]
+        steps.append(f"ulimit -{option} {arg(str(value // unit))}")
+    steps.append(f"cd -- {arg(working_dir)}")
+    for variable in ("PWD", "OLDPWD"):
+        kept = env.get(variable)
+        steps.append(f"unset {variable}" if kept is None else f"export {variable}={arg(kept)}")
+    steps.append(f'shift {len(args)} && exec "$@"')
+    return [shell, "-c", " && ".join(steps), "mcpgw-launch", *args]
 
 
 def startup_nice(service: ServiceConfig) -> int:
@@ -292,23 +363,30 @@ def user_ids(user: str) -> tuple[int, int]:
 
 
 def build_tools_argv(
-    service: ServiceConfig, working_dir: str, euid: int, tools: Tools
+    service: ServiceConfig,
+    working_dir: str,
+    euid: int,
+    tools: Tools,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[str, ...]:
     """The util-linux chain's command line, ending with ``--`` and the service's command."""
     sandbox = service.sandbox
+    limits = clamped_limits(sandbox.resource_limits, tools.hard_limits) if sandbox.enabled else []
     argv = [tools.setsid]
+    if limits and tools.shell is None:
+        argv.append(tools.prlimit)
+        argv.extend(f"--{name}={value}" for name, value in limits)
+        argv.append("--")
     if sandbox.enabled:
-        limits = prlimit_options(sandbox.resource_limits, tools.hard_limits)
-        if limits:
-            argv.append(tools.prlimit)
-            argv.extend(limits)
-            argv.append("--")
         argv.append(tools.setpriv)
         if drops_privileges(service, euid):
             uid, gid = user_ids(sandbox.user)
             argv.extend((f"--reuid={uid}", f"--regid={gid}", "--clear-groups"))
         argv.extend(("--pdeathsig", "TERM", "--"))
-    argv.extend((tools.env, "-C", working_dir, "--"))
+    if tools.shell is not None:
+        argv.extend(shell_launch(tools.shell, limits, working_dir, env or {}))
+    else:
+        argv.extend((tools.env, "-C", working_dir, "--"))
     argv.extend(service.command)
     return tuple(argv)
 
@@ -403,7 +481,7 @@ def prepare_launch(
         if drops_privileges(service, euid):
             env.update(user_env(service, env))
         if tools is not None and can_use_tools(service.command, working_dir, env):
-            argv = build_tools_argv(service, working_dir, euid, tools)
+            argv = build_tools_argv(service, working_dir, euid, tools, env)
             launcher = "util-linux"
         else:
             argv = build_argv(service, working_dir, euid, python, env=env)

@@ -13,6 +13,7 @@ import signal
 import sys
 from typing import Any
 
+import attrs
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -427,3 +428,12 @@ class UtilLinuxProcessTests(RealProcessTests):
             raise SkipTest(f"this machine uses {how}")
         self.tools = tools
         super().setUp()
+
+
+class PrlimitProcessTests(UtilLinuxProcessTests):
+    """The same tests through the chain without C{dash} (C{prlimit} and C{env -C})."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        assert self.tools is not None
+        self.tools = attrs.evolve(self.tools, shell=None)

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from typing import Any
 
+import attrs
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -379,10 +380,13 @@ class EnvParityTests(TestCase):
         self.tools = tools
         self.root = os.path.abspath(self.mktemp())
 
-    async def child_env(self, tools: sandbox.Tools | None, environ: dict[str, str]) -> set[str]:
-        launch = sandbox.prepare_launch(
-            ServiceConfig(name="t", command=("env",)), self.root, environ, tools=tools
+    async def child_env(
+        self, tools: sandbox.Tools | None, environ: dict[str, str], restricted: bool = True
+    ) -> set[str]:
+        service = ServiceConfig(
+            name="t", command=("env",), sandbox=SandboxConfig(restricted_env=restricted)
         )
+        launch = sandbox.prepare_launch(service, self.root, environ, tools=tools)
         self.addCleanup(sandbox.remove_private_dir, launch.private_dir)
         self.assertEqual(launch.launcher, "python" if tools is None else "util-linux")
         out, err, code = await getProcessOutputAndValue(
@@ -402,6 +406,21 @@ class EnvParityTests(TestCase):
             chain = await self.child_env(self.tools, environ)
             self.assertEqual(python, chain)
             self.assertNotIn("SECRET=x", python)
+
+    async def test_pwd_passed_through(self) -> None:
+        """
+        The shell of the chain changes directory, which sets C{PWD} and C{OLDPWD}: the
+        command still gets the gateway's values, or none, as from the other launchers.
+        """
+        path = os.environ.get("PATH", "/usr/bin:/bin")
+        tools = [self.tools, attrs.evolve(self.tools, shell=None), None]
+        for environ in ({"PATH": path}, {"PATH": path, "PWD": "/gw", "OLDPWD": "/before"}):
+            envs = [await self.child_env(t, environ, restricted=False) for t in tools]
+            self.assertEqual(envs[0], envs[1])
+            self.assertEqual(envs[0], envs[2])
+            pwd = {line for line in envs[0] if line.startswith(("PWD=", "OLDPWD="))}
+            expected = {f"{k}={v}" for k, v in environ.items() if k != "PATH"}
+            self.assertEqual(pwd, expected)
 
 
 class RealToolsTests(TestCase):

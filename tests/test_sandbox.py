@@ -374,6 +374,51 @@ class PrepareWithToolsTests(SynchronousTestCase):
         self.assertEqual(launch.argv[:4], (sys.executable, "-S", "-I", sandbox.LAUNCHER))
 
 
+class ShellArgvTests(SynchronousTestCase):
+    """L{sandbox.build_tools_argv} with C{dash} in place of C{prlimit} and C{env -C}."""
+
+    tools = attrs.evolve(TOOLS, shell="/b/dash")
+
+    def test_defaults(self) -> None:
+        """
+        C{setsid}, C{setpriv}, then C{dash} setting the limits in its units (KiB, 512-byte
+        blocks) and the directory, all passed as arguments, never in the script.
+        """
+        argv = sandbox.build_tools_argv(service(), "/w d", 1000, self.tools, {"PWD": "/gw"})
+        self.assertEqual(
+            argv[:7], ("/u/setsid", "/u/setpriv", "--pdeathsig", "TERM", "--", "/b/dash", "-c")
+        )
+        script = argv[7]
+        self.assertEqual(
+            script,
+            'ulimit -t "$1" && ulimit -v "$2" && ulimit -f "$3" && ulimit -n "$4"'
+            ' && cd -- "$5" && export PWD="$6" && unset OLDPWD && shift 6 && exec "$@"',
+        )
+        self.assertEqual(
+            argv[8:],
+            ("mcpgw-launch", "3600", str(2048 * 1024), str(100 * 2048), "1024", "/w d", "/gw",
+             "srv", "a"),
+        )  # fmt: skip
+
+    def test_clamped_and_no_limits(self) -> None:
+        """Limits are lowered to the hard ones; without limits only the directory is set."""
+        limits = ResourceLimits(cpu_seconds=None, memory_mb=None, file_size_mb=None,
+                                open_files=100000)  # fmt: skip
+        argv = sandbox.build_tools_argv(
+            service(sandbox=SandboxConfig(resource_limits=limits)), "/w", 1000, self.tools
+        )
+        self.assertEqual(argv[8:10], ("mcpgw-launch", "4096"))
+        argv = sandbox.build_tools_argv(
+            service(sandbox=SandboxConfig(enabled=False)), "/w", 1000, self.tools
+        )
+        self.assertEqual(
+            argv,
+            ("/u/setsid", "/b/dash", "-c",
+             'cd -- "$1" && unset PWD && unset OLDPWD && shift 1 && exec "$@"',
+             "mcpgw-launch", "/w", "srv", "a"),
+        )  # fmt: skip
+
+
 class FindToolsTests(SynchronousTestCase):
     """L{sandbox.find_tools}."""
 
@@ -391,11 +436,34 @@ class FindToolsTests(SynchronousTestCase):
         assert tools is not None
         self.assertEqual(checked, [tools])
         self.assertEqual(
-            (tools.setsid, tools.prlimit, tools.setpriv, tools.env),
-            ("/bin/setsid", "/bin/prlimit", "/bin/setpriv", "/bin/env"),
+            (tools.setsid, tools.prlimit, tools.setpriv, tools.env, tools.shell),
+            ("/bin/setsid", "/bin/prlimit", "/bin/setpriv", "/bin/env", "/bin/dash"),
         )
         self.assertEqual(tools.hard_limits, sandbox.current_hard_limits())
         self.assertIn("util-linux", how)
+        self.assertIn("/bin/dash", how)
+
+    def test_without_dash(self) -> None:
+        """No C{dash}, or one that fails its trial run: C{prlimit} and C{env -C} instead."""
+
+        def which(name: str) -> str | None:
+            return None if name == "dash" else f"/bin/{name}"
+
+        tools, how = sandbox.find_tools(which, lambda t: None, "linux")
+        assert tools is not None
+        self.assertIsNone(tools.shell)
+        self.assertNotIn("dash", how)
+        checked: list[str | None] = []
+
+        def check(tools: sandbox.Tools) -> str | None:
+            checked.append(tools.shell)
+            return "exited with 2" if tools.shell else None
+
+        tools, how = sandbox.find_tools(self.which, check, "linux")
+        assert tools is not None
+        self.assertEqual(checked, ["/bin/dash", None])
+        self.assertIsNone(tools.shell)
+        self.assertIn("/bin/prlimit", how)
 
     def test_missing(self) -> None:
         """A missing tool: the Python launcher, naming what is missing."""
@@ -425,7 +493,10 @@ class FindToolsTests(SynchronousTestCase):
         if tools is None:
             raise SkipTest(how)
         self.assertIsNone(sandbox.check_tools(tools))
+        self.assertIsNone(sandbox.check_tools(attrs.evolve(tools, shell=None)))
         broken = attrs.evolve(tools, env="/nonexistent/env")
+        self.assertIsNotNone(sandbox.check_tools(broken))
+        broken = attrs.evolve(tools, shell=None, prlimit="/nonexistent/prlimit")
         self.assertIsNotNone(sandbox.check_tools(broken))
 
     def test_default_tools_cached(self) -> None:
