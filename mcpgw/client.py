@@ -51,8 +51,8 @@ class MCPServer:
     exiting has been read (a response still in the pipe completes its call), at most
     ``drain_grace`` s after the exit. ``on_tools_changed()`` on every
     ``notifications/tools/list_changed``. ``tools``: the util-linux launch chain
-    (``sandbox.find_tools``), else the Python launcher. ``idle_policy``: the child may run as
-    ``SCHED_IDLE`` while it starts (``mcpgw.priority``).
+    (``sandbox.find_tools``), else the Python launcher. ``weight_groups``: lower the child's
+    autogroup weight while it starts and stops (``mcpgw.priority``).
 
     @ivar term_grace: seconds between closing stdin and SIGTERM to the process group.
     @ivar kill_grace: seconds between SIGTERM and SIGKILL.
@@ -79,7 +79,7 @@ class MCPServer:
         on_tools_changed: Callable[[], None] | None = None,
         on_exit: Callable[[str], None] | None = None,
         tools: sandbox.Tools | None = None,
-        idle_policy: bool = False,
+        weight_groups: bool = False,
     ) -> None:
         self._reactor = reactor
         self._clock = IReactorTime(reactor)
@@ -89,7 +89,7 @@ class MCPServer:
         self._on_tools_changed = on_tools_changed
         self._on_exit = on_exit
         self._tools = tools
-        self._idle_policy = idle_policy
+        self._weight_groups = weight_groups
         self._priority: ChildPriority | None = None
         self.killpg: Callable[[int, int], None] = os.killpg
         self._protocol: MCPChildProtocol | None = None
@@ -188,8 +188,8 @@ class MCPServer:
             raise StartupFailed(f"cannot spawn MCP server {self.name!r}: {e}") from e
         self._pgid = self._transport.pid
         nice = sandbox.startup_nice(service)
-        if nice and self._pgid is not None:
-            self._priority = ChildPriority(self._clock, self._pgid, nice, self._idle_policy)
+        if nice and self._weight_groups and self._pgid is not None:
+            self._priority = ChildPriority(self._clock, self._pgid, nice)
             self._priority.start()
         self.log.info(
             "spawned {server} pid={pid} dir={private_dir} ({launcher} launcher)",
@@ -351,6 +351,8 @@ class MCPServer:
     def _exited(self, description: str) -> None:
         for name in ("startup", "term", "kill"):
             self._cancel_timer(name)
+        if self._priority is not None:
+            self._priority.cancel()  # its pid may be reused from now on
         self._signal_group(signal.SIGKILL)  # stragglers left in the group
         if self._protocol is not None:
             self._timers["drain"] = self._clock.callLater(

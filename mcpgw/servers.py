@@ -62,7 +62,7 @@ def mcp_server_factory(
         startup); ``None``: the Python launcher.
     """
     from mcpgw.client import MCPServer
-    from mcpgw.priority import can_use_idle_policy
+    from mcpgw.priority import can_weight_groups
 
     chain: sandbox.Tools | None
     if tools == "auto":
@@ -70,7 +70,7 @@ def mcp_server_factory(
         log.info("MCP server children are launched with {how}", how=how)
     else:
         chain = tools
-    idle_policy = can_use_idle_policy()
+    weight_groups = can_weight_groups()
 
     def make(
         service: ServiceConfig,
@@ -86,7 +86,7 @@ def mcp_server_factory(
             on_tools_changed=on_tools_changed,
             on_exit=on_exit,
             tools=chain,
-            idle_policy=idle_policy,
+            weight_groups=weight_groups,
         )
 
     return make

@@ -75,7 +75,7 @@ class RealProcessTests(TestCase):
         self,
         service: ServiceConfig,
         environ: dict[str, str] | None = None,
-        idle_policy: bool = False,
+        weight_groups: bool = False,
     ) -> MCPServer:
         server = MCPServer(
             reactor,
@@ -85,7 +85,7 @@ class RealProcessTests(TestCase):
             on_tools_changed=lambda: self.changes.append(None),
             on_exit=self.exits.append,
             tools=self.tools,
-            idle_policy=idle_policy,
+            weight_groups=weight_groups,
         )
         server.term_grace = 0.5
         server.kill_grace = 0.5
@@ -274,21 +274,19 @@ class RealProcessTests(TestCase):
     @inlineCallbacks
     def test_priority_while_starting_and_stopping(self) -> Any:
         """
-        Until it has answered C{initialize} the child's session group has C{startup_nice} and,
-        where the gateway may set it back, the child runs as C{SCHED_IDLE}; while it serves it
-        has nice 0 and C{SCHED_OTHER}; once stopped, its group has C{startup_nice} again.
+        Until it has answered C{initialize} the child's group has C{startup_nice}; while it
+        serves nice 0; once stopped C{startup_nice} again. Its scheduling policy is never
+        touched.
         """
-        idle = priority.can_use_idle_policy()
+        if not priority.can_weight_groups():
+            raise SkipTest("no autogroups, or no CAP_SYS_ADMIN")
         on_eof = os.path.abspath(self.mktemp())
         server = self.server(
-            fake_service("--init-delay=0.3", f"--priority-on-eof={on_eof}"), idle_policy=idle
+            fake_service("--init-delay=0.3", f"--priority-on-eof={on_eof}"), weight_groups=True
         )
         yield server.start()
         report = json.loads(text_of((yield server.call_tool("priority", {}, 10))))
-        if report["now"]["autogroup"] is None:
-            raise SkipTest("no /proc/self/autogroup here")
-        starting = os.SCHED_IDLE if idle else os.SCHED_OTHER
-        self.assertEqual(report["startup"], {"policy": starting, "autogroup": 19})
+        self.assertEqual(report["startup"], {"policy": os.SCHED_OTHER, "autogroup": 19})
         self.assertEqual(report["now"], {"policy": os.SCHED_OTHER, "autogroup": 0})
         yield server.stop()
         with open(on_eof) as f:
@@ -304,7 +302,7 @@ class RealProcessTests(TestCase):
             f"--priority-on-eof={on_eof}",
             sandbox=SandboxConfig(resource_limits=limits),
         )
-        server = self.server(service, idle_policy=priority.can_use_idle_policy())
+        server = self.server(service, weight_groups=True)
         yield server.start()
         report = json.loads(text_of((yield server.call_tool("priority", {}, 10))))
         if report["now"]["autogroup"] is None:
