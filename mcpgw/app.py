@@ -117,14 +117,24 @@ class GatewayApp:
             return cast(bytes, handler(request, failure))
 
         def write(body: bytes | None) -> None:
-            if body is None or finished:
+            if finished:
                 return
-            request.write(body)
+            if body is not None:
+                request.write(body)
             request.finish()
 
-        d.addErrback(failed).addCallback(write).addErrback(
-            lambda f: log.failure("while writing an answer", f)
-        )
+        def broken(failure: Failure) -> None:
+            # An error handler (or the write) failed: a bare 500, as Klein would end it.
+            log.failure("while answering {path}", failure, path=f"/services/{name}/call")
+            if finished or getattr(request, "finished", False):
+                return
+            try:
+                request.write(write_json(request, 500, {"error": "Internal server error"}))
+                request.finish()
+            except Exception:  # noqa: BLE001 - nothing more can be told to this client
+                log.failure("while answering 500")
+
+        d.addErrback(failed).addCallback(write).addErrback(broken)
         return NOT_DONE_YET
 
     # -- helpers -------------------------------------------------------------------------------

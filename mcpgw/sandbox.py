@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -101,6 +102,12 @@ RLIMITS: dict[str, int] = _launch.LIMITS
 
 #: How long ``find_tools`` lets its one trial run of the chain take.
 CHECK_TIMEOUT = 5.0
+
+#: The value the trial run gives each ``ulimit`` (lowered to the hard limit): any unit.
+TRIAL_LIMIT = 1 << 30
+
+#: A name ``dash`` keeps in the environment it passes on (it drops any other, e.g. ``A-B``).
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 @attrs.frozen
@@ -158,10 +165,16 @@ def check_tools(tools: Tools) -> str | None:
         return "unlimited" if value == resource.RLIM_INFINITY else str(value)
 
     if tools.shell is not None:
+        # Every ulimit option the chain may use, each at a value at or below its hard limit.
+        limits = [
+            (name, min(TRIAL_LIMIT, hard_limit) if hard_limit is not None else TRIAL_LIMIT)
+            for name, hard_limit in current_hard_limits().items()
+            if name in SHELL_LIMITS
+        ]
         argv = [
             tools.setsid,
             tools.setpriv, "--pdeathsig", "TERM", "--",
-            *shell_launch(tools.shell, [("nofile", soft)], "/", {}), tools.env,
+            *shell_launch(tools.shell, limits, "/", {}), tools.env,
         ]  # fmt: skip
     else:
         argv = [
@@ -277,6 +290,20 @@ SHELL_LIMITS = {"cpu": ("t", 1), "as": ("v", 1024), "fsize": ("f", 512), "nofile
                 "nproc": ("p", 1)}  # fmt: skip
 
 
+def shell_can_run(
+    env: Mapping[str, str], limits: list[tuple[str, int]], drops_privileges: bool
+) -> bool:
+    """
+    Whether the ``dash`` step may replace ``prlimit`` and ``env -C``: every environment name
+    is one ``dash`` passes on, and no process limit is to meet a switch of user (``prlimit``
+    sets it before ``setpriv``, so the kernel refuses the exec of a user already over it;
+    ``dash`` would set it after).
+    """
+    if drops_privileges and any(name == "nproc" for name, _ in limits):
+        return False
+    return all(_SHELL_NAME.match(name) for name in env)
+
+
 def shell_launch(
     shell: str, limits: list[tuple[str, int]], working_dir: str, env: Mapping[str, str]
 ) -> list[str]:
@@ -372,6 +399,10 @@ def build_tools_argv(
     """The util-linux chain's command line, ending with ``--`` and the service's command."""
     sandbox = service.sandbox
     limits = clamped_limits(sandbox.resource_limits, tools.hard_limits) if sandbox.enabled else []
+    if tools.shell is not None and not shell_can_run(
+        env or {}, limits, drops_privileges(service, euid)
+    ):
+        tools = attrs.evolve(tools, shell=None)
     argv = [tools.setsid]
     if limits and tools.shell is None:
         argv.append(tools.prlimit)

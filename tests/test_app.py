@@ -73,7 +73,7 @@ class Gateway:
         self.limiter = RateLimiter(self.clock, self.config.rate_limiting)
         self.swaig = SwaigBridge(self.config, self.catalog, self.sessions)
         self.swaig.default_base = BASE
-        app = GatewayApp(
+        app = self.app = GatewayApp(
             self.clock, self.config, self.sessions, self.catalog, self.limiter, self.swaig
         )
 
@@ -389,6 +389,17 @@ class CallTests(SynchronousTestCase):
         self.assertError(r, 500, "Internal server error")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertTrue(any(e.get("log_failure") for e in events))
+
+    def test_failing_error_handler_is_500(self) -> None:
+        """An error handler that fails still ends the call route's answer: a bare 500."""
+
+        def broken(request: Any, failure: Any) -> bytes:
+            raise RuntimeError("handler bug")
+
+        self.gw.app.gateway_error = broken  # type: ignore[method-assign]
+        r = self.gw.call({"tool": "echo", "session_id": "s"}, service="off")
+        self.assertError(r, 500, "Internal server error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_jsonrpc_errors(self) -> None:
         """-32601/-32602 map to 400, other codes to 422, with the MCP error kept."""

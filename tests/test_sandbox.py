@@ -419,6 +419,38 @@ class ShellArgvTests(SynchronousTestCase):
         )  # fmt: skip
 
 
+class ShellFallbackTests(SynchronousTestCase):
+    """Where C{dash} would change what the child gets, C{prlimit} and C{env -C} run instead."""
+
+    tools = attrs.evolve(TOOLS, shell="/b/dash")
+
+    def test_names_dash_drops(self) -> None:
+        """An environment name that is no shell name (C{dash} would drop it)."""
+        for env in ({"A-B": "1"}, {"1X": "2"}, {"PATH": "/bin", "x.y": "3"}):
+            argv = sandbox.build_tools_argv(service(), "/w", 1000, self.tools, env)
+            self.assertIn("/u/prlimit", argv)
+            self.assertNotIn("/b/dash", argv)
+        argv = sandbox.build_tools_argv(service(), "/w", 1000, self.tools, {"PATH": "/bin"})
+        self.assertIn("/b/dash", argv)
+
+    def test_process_limit_with_user_switch(self) -> None:
+        """
+        C{max_processes} with a switch of user: C{prlimit} sets it before C{setpriv}, so
+        the kernel refuses to start a user already over it (C{dash} would set it after).
+        """
+        import pwd
+
+        daemon = pwd.getpwnam("daemon")
+        limits = ResourceLimits(max_processes=50)
+        svc = service(sandbox=SandboxConfig(drop_privileges=True, user="daemon",
+                                            resource_limits=limits))  # fmt: skip
+        argv = sandbox.build_tools_argv(svc, "/w", 0, self.tools)
+        self.assertEqual(argv[:2], ("/u/setsid", "/u/prlimit"))
+        self.assertIn(f"--reuid={daemon.pw_uid}", argv)
+        argv = sandbox.build_tools_argv(svc, "/w", 1000, self.tools)  # not root: no switch
+        self.assertIn("/b/dash", argv)
+
+
 class FindToolsTests(SynchronousTestCase):
     """L{sandbox.find_tools}."""
 
