@@ -258,9 +258,14 @@ def limit_values(limits: ResourceLimits | None) -> list[tuple[str, int]]:
     return [(name, value) for name, value in values if value is not None]
 
 
+def as_options(limits: list[tuple[str, int]]) -> list[str]:
+    """``--name=value`` for each limit: the options of ``prlimit`` and of ``mcpgw._launch``."""
+    return [f"--{name}={value}" for name, value in limits]
+
+
 def limit_options(limits: ResourceLimits | None) -> list[str]:
     """The launcher options for ``limits`` (``None``: none at all)."""
-    return [f"--{name}={value}" for name, value in limit_values(limits)]
+    return as_options(limit_values(limits))
 
 
 def clamped_limits(
@@ -276,13 +281,6 @@ def clamped_limits(
             value = hard
         clamped.append((name, value))
     return clamped
-
-
-def prlimit_options(
-    limits: ResourceLimits | None, hard_limits: Mapping[str, int | None]
-) -> list[str]:
-    """``prlimit`` options for ``limits``, each lowered to the gateway's hard limit."""
-    return [f"--{name}={value}" for name, value in clamped_limits(limits, hard_limits)]
 
 
 #: ``ulimit`` option and unit (bytes per unit) of each limit, in ``dash``.
@@ -406,7 +404,7 @@ def build_tools_argv(
     argv = [tools.setsid]
     if limits and tools.shell is None:
         argv.append(tools.prlimit)
-        argv.extend(f"--{name}={value}" for name, value in limits)
+        argv.extend(as_options(limits))
         argv.append("--")
     if sandbox.enabled:
         argv.append(tools.setpriv)
