@@ -22,8 +22,10 @@ An idle machine starts a child just as fast; a busy one finishes the calls in pr
   own group. So the gateway writes only once the child's group differs from its own, checking
   again a few times, at growing intervals.
 - The kernel takes at most one such write per 100 ms from a process without
-  ``CAP_SYS_ADMIN`` (the others fail with ``EAGAIN``), which would leave children serving at
-  the low weight: without that capability (``can_weight_groups``) nothing is done.
+  ``CAP_SYS_ADMIN`` in the initial user namespace (the others fail with ``EAGAIN``), which
+  would leave children serving at the low weight: without it (``can_weight_groups`` tries two
+  writes at startup) nothing is done. Should a write back to 0 fail all the same, it is tried
+  again, every 100 ms, a few times.
 - Where ``/proc/PID/autogroup`` is missing (no autogroups, not Linux) nothing is done either:
   without autogroups a child is one task among the others, weighted like the gateway.
 """
@@ -44,33 +46,62 @@ CAP_SYS_ADMIN = 21
 #: Seconds between the checks for the child's own group (0.13 s in all).
 DELAYS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064)
 
+#: A failed write back to nice 0 is tried again this often, this many times.
+RESTORE_DELAY = 0.1
+RESTORE_TRIES = 10
 
-def can_weight_groups(proc: str = PROC) -> bool:
-    """Linux, autogroups, and this process holds ``CAP_SYS_ADMIN``."""
+
+def can_weight_groups(
+    proc: str = PROC, set_nice: Callable[[int | str, int, str], bool] | None = None
+) -> bool:
+    """
+    Linux, autogroups, and this process may write them without limit: it holds
+    ``CAP_SYS_ADMIN``, ``proc`` shows its own pid namespace, and two writes of its own group's
+    nice value in a row both succeed. (Root in a user namespace shows the capability in
+    ``CapEff``, but the kernel checks it in the initial namespace and refuses the second write
+    with ``EAGAIN``.)
+    """
     if not sys.platform.startswith("linux") or not os.path.exists(f"{proc}/self/autogroup"):
         return False
     try:
+        if os.readlink(f"{proc}/self") != str(os.getpid()):
+            return False
         with open(f"{proc}/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
+            capeff = next(line for line in f if line.startswith("CapEff:"))
+        if not int(capeff.split()[1], 16) >> CAP_SYS_ADMIN & 1:
+            return False
+        nice = autogroup_nice("self", proc)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    write = set_autogroup_nice if set_nice is None else set_nice
+    return nice is not None and write("self", nice, proc) and write("self", nice, proc)
+
+
+def _read_autogroup(pid: int | str, proc: str) -> str | None:
+    try:
+        with open(f"{proc}/{pid}/autogroup", "rb") as f:
+            return f.read().decode("ascii", "replace")
+    except OSError:
+        return None
 
 
 def autogroup_of(pid: int | str, proc: str = PROC) -> str | None:
     """The name of ``pid``'s autogroup (``/autogroup-N``); ``None`` when it cannot be read."""
-    try:
-        with open(f"{proc}/{pid}/autogroup", "rb") as f:
-            text = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    name = text.split(" nice", 1)[0].strip()
+    text = _read_autogroup(pid, proc)
+    name = text.split(" nice", 1)[0].strip() if text is not None else ""
     return name or None
 
 
-def set_autogroup_nice(pid: int, nice: int, proc: str = PROC) -> bool:
+def autogroup_nice(pid: int | str, proc: str = PROC) -> int | None:
+    """The nice value of ``pid``'s autogroup; ``None`` when it cannot be read."""
+    text = _read_autogroup(pid, proc)
+    try:
+        return int(text.split(" nice", 1)[1]) if text is not None else None
+    except (IndexError, ValueError):
+        return None
+
+
+def set_autogroup_nice(pid: int | str, nice: int, proc: str = PROC) -> bool:
     """Set the nice value of ``pid``'s autogroup; ``False`` when it cannot be done."""
     try:
         fd = os.open(f"{proc}/{pid}/autogroup", os.O_WRONLY)
@@ -101,7 +132,7 @@ class ChildPriority:
         pid: int,
         nice: int,
         proc: str = PROC,
-        set_nice: Callable[[int, int, str], bool] = set_autogroup_nice,
+        set_nice: Callable[[int | str, int, str], bool] = set_autogroup_nice,
     ) -> None:
         self._clock = clock
         self._pid = pid
@@ -110,6 +141,7 @@ class ChildPriority:
         self._set_nice = set_nice
         self._timer: IDelayedCall | None = None
         self._attempt = 0
+        self._restores = 0
         self._serving = False
         self._ended = False
         #: The child is in a group of its own (not the gateway's).
@@ -127,6 +159,7 @@ class ChildPriority:
 
     def stopping(self) -> None:
         self._serving = False
+        self._cancel_timer()
         self._set_group(self._nice)
 
     def cancel(self) -> None:
@@ -152,9 +185,13 @@ class ChildPriority:
         self._timer = self._clock.callLater(delay, self._check)
 
     def _set_group(self, nice: int) -> None:
+        self._timer = None
         if self.owned and not self._ended and nice != self.group_nice:
             if self._set_nice(self._pid, nice, self._proc):
                 self.group_nice = nice
+            elif nice == 0 and self._restores < RESTORE_TRIES:
+                self._restores += 1
+                self._timer = self._clock.callLater(RESTORE_DELAY, self._set_group, 0)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():

@@ -21,6 +21,8 @@ class FakeProc:
 
     def __init__(self, root: str) -> None:
         self.root = root
+        os.makedirs(os.path.join(root, str(os.getpid())))
+        os.symlink(str(os.getpid()), os.path.join(root, "self"))
         self.group("self", 1)
 
     def group(self, pid: int | str, number: int, nice: int = 0) -> None:
@@ -54,20 +56,79 @@ class FunctionTests(SynchronousTestCase):
             self.assertEqual(f.read(), "19")
         self.assertFalse(priority.set_autogroup_nice(99, 19, self.proc.root))
 
+    def test_autogroup_nice(self) -> None:
+        """The group's nice value; C{None} for a process gone or a file that does not parse."""
+        self.proc.group(PID, 7, nice=19)
+        self.assertEqual(priority.autogroup_nice(PID, self.proc.root), 19)
+        self.assertEqual(priority.autogroup_nice("self", self.proc.root), 0)
+        self.assertIsNone(priority.autogroup_nice(99, self.proc.root))
+        with open(os.path.join(self.proc.root, str(PID), "autogroup"), "w") as f:
+            f.write("0")
+        self.assertIsNone(priority.autogroup_nice(PID, self.proc.root))
+
+    def can_weight(self, capeff: str, refused: int | None = None) -> bool:
+        """
+        C{can_weight_groups} with C{CapEff} set, the group file fresh, and the write numbered
+        C{refused} (1 or 2) failing like the kernel's C{EAGAIN}.
+        """
+        self.proc.status(capeff)
+        self.proc.group("self", 1, nice=3)
+        writes: list[tuple[int | str, int]] = []
+
+        def set_nice(pid: int | str, nice: int, proc: str) -> bool:
+            self.assertEqual(proc, self.proc.root)
+            writes.append((pid, nice))
+            return len(writes) != refused
+
+        result = priority.can_weight_groups(self.proc.root, set_nice)
+        self.assertEqual(writes, [("self", 3), ("self", 3)][: len(writes)])
+        return result
+
     def test_needs_cap_sys_admin(self) -> None:
         """
         Without C{CAP_SYS_ADMIN} (bit 21) the kernel takes one write per 100 ms, so the
         groups are weighted only with it, and only where there are autogroups.
         """
-        self.proc.status("0000000000200000")
-        self.assertTrue(priority.can_weight_groups(self.proc.root))
+        self.assertTrue(self.can_weight("0000000000200000"))
+        self.assertTrue(self.can_weight("000001ffffffffff"))
+        self.assertFalse(self.can_weight("00000000001fffff"))
+        self.assertFalse(self.can_weight("garbage"))
+        os.remove(os.path.join(self.proc.root, "self", "status"))
+        self.assertFalse(priority.can_weight_groups(self.proc.root))
+
+    def test_writes_tried(self) -> None:
+        """
+        The capability in C{CapEff} is not enough (root in a user namespace has it there, and
+        the kernel refuses its second write within 100 ms): two writes of the group's own
+        value must both succeed.
+        """
+        self.assertFalse(self.can_weight("000001ffffffffff", refused=2))
+        self.assertFalse(self.can_weight("000001ffffffffff", refused=1))
+        self.assertTrue(self.can_weight("000001ffffffffff"))
+
+    def test_written_for_real(self) -> None:
+        """Without a C{set_nice}, the group file itself takes the writes (at offset 0)."""
         self.proc.status("000001ffffffffff")
+        self.proc.group("self", 1, nice=3)
         self.assertTrue(priority.can_weight_groups(self.proc.root))
-        self.proc.status("00000000001fffff")
-        self.assertFalse(priority.can_weight_groups(self.proc.root))
-        self.proc.status("garbage")
-        self.assertFalse(priority.can_weight_groups(self.proc.root))
+        with open(os.path.join(self.proc.root, "self", "autogroup")) as f:
+            self.assertEqual(f.read(2), "3a")
+
+    def test_no_autogroups(self) -> None:
+        """No C{/proc/self/autogroup}: nothing to weight."""
+        self.proc.status("000001ffffffffff")
         os.remove(os.path.join(self.proc.root, "self", "autogroup"))
+        self.assertFalse(priority.can_weight_groups(self.proc.root))
+
+    def test_other_pid_namespace(self) -> None:
+        """
+        A C{/proc} of another pid namespace (its C{self} is not this pid) would name other
+        processes than the children: nothing is done.
+        """
+        os.remove(os.path.join(self.proc.root, "self"))
+        os.symlink("1", os.path.join(self.proc.root, "self"))
+        os.makedirs(os.path.join(self.proc.root, "1"))
+        self.proc.group("self", 1)
         self.proc.status("000001ffffffffff")
         self.assertFalse(priority.can_weight_groups(self.proc.root))
 
@@ -76,11 +137,16 @@ class ChildPriorityTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.proc = FakeProc(self.mktemp())
         self.clock = Clock()
-        self.writes: list[tuple[int, int]] = []
+        self.writes: list[tuple[int | str, int]] = []
+        #: How many writes fail, from now on.
+        self.refused = 0
 
-    def set_nice(self, pid: int, nice: int, proc: str) -> bool:
+    def set_nice(self, pid: int | str, nice: int, proc: str) -> bool:
         self.assertEqual(proc, self.proc.root)
         self.writes.append((pid, nice))
+        if self.refused:
+            self.refused -= 1
+            return False
         return True
 
     def child(self, nice: int = 19) -> ChildPriority:
@@ -150,3 +216,43 @@ class ChildPriorityTests(SynchronousTestCase):
         child.serving()
         child.stopping()
         self.assertEqual(self.writes, [(PID, 19)])
+
+    def test_restore_tried_again(self) -> None:
+        """
+        A failed write back to nice 0 (the kernel's C{EAGAIN}) is tried again every 100 ms
+        until it succeeds: a child must not serve at the low weight.
+        """
+        self.proc.group(PID, 7)
+        child = self.child()
+        child.start()
+        self.refused = 2
+        child.serving()
+        self.assertEqual(child.group_nice, 19)
+        self.clock.advance(priority.RESTORE_DELAY)
+        self.assertEqual(child.group_nice, 19)
+        self.clock.advance(priority.RESTORE_DELAY)
+        self.assertEqual(child.group_nice, 0)
+        self.assertEqual(self.writes, [(PID, 19), (PID, 0), (PID, 0), (PID, 0)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_restore_bounded(self) -> None:
+        """The write back is tried a bounded number of times; stopping ends the tries."""
+        self.proc.group(PID, 7)
+        child = self.child()
+        child.start()
+        self.refused = 1000
+        child.serving()
+        self.clock.pump([priority.RESTORE_DELAY] * 100)
+        self.assertEqual(len(self.writes), 2 + priority.RESTORE_TRIES)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.refused = 1
+        child.serving()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 0)
+        child = self.child()
+        child.start()
+        self.refused = 1
+        child.serving()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        child.stopping()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(child.group_nice, 19)
