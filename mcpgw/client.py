@@ -36,6 +36,7 @@ from mcpgw.config import ServiceConfig
 from mcpgw.errors import CallTimeout, ChildFailed, InvalidResult, JsonRpcError, StartupFailed
 from mcpgw.logs import Logger
 from mcpgw.priority import ChildPriority
+from mcpgw.timeslice import Slices
 
 OFFERED_VERSION = "2025-11-25"
 SUPPORTED_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
@@ -52,7 +53,8 @@ class MCPServer:
     ``drain_grace`` s after the exit. ``on_tools_changed()`` on every
     ``notifications/tools/list_changed``. ``tools``: the util-linux launch chain
     (``sandbox.find_tools``), else the Python launcher. ``weight_groups``: lower the child's
-    autogroup weight while it starts and stops (``mcpgw.priority``).
+    autogroup weight while it starts and stops; ``slices``: give it the shortest time slice
+    while it starts (``mcpgw.priority``).
 
     @ivar term_grace: seconds between closing stdin and SIGTERM to the process group.
     @ivar kill_grace: seconds between SIGTERM and SIGKILL.
@@ -80,6 +82,7 @@ class MCPServer:
         on_exit: Callable[[str], None] | None = None,
         tools: sandbox.Tools | None = None,
         weight_groups: bool = False,
+        slices: Slices | None = None,
     ) -> None:
         self._reactor = reactor
         self._clock = IReactorTime(reactor)
@@ -90,6 +93,7 @@ class MCPServer:
         self._on_exit = on_exit
         self._tools = tools
         self._weight_groups = weight_groups
+        self._slices = slices
         self._priority: ChildPriority | None = None
         self.killpg: Callable[[int, int], None] = os.killpg
         self._protocol: MCPChildProtocol | None = None
@@ -188,8 +192,10 @@ class MCPServer:
             raise StartupFailed(f"cannot spawn MCP server {self.name!r}: {e}") from e
         self._pgid = self._transport.pid
         nice = sandbox.startup_nice(service)
-        if nice and self._weight_groups and self._pgid is not None:
-            self._priority = ChildPriority(self._clock, self._pgid, nice)
+        if nice and (self._weight_groups or self._slices) and self._pgid is not None:
+            self._priority = ChildPriority(
+                self._clock, self._pgid, nice, group=self._weight_groups, slices=self._slices
+            )
             self._priority.start()
         self.log.info(
             "spawned {server} pid={pid} dir={private_dir} ({launcher} launcher)",

@@ -38,6 +38,8 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from mcpgw.timeslice import SHORTEST, Slices
+
 PROC = "/proc"
 
 #: The capability without which the kernel takes one autogroup write per 100 ms.
@@ -120,10 +122,13 @@ class ChildPriority:
     """
     One child's group weight: low from ``start()`` (just after the spawn) until ``serving()``,
     normal while it serves, low again from ``stopping()``. ``cancel()`` once it has exited
-    (its pid may be reused).
+    (its pid may be reused). With ``slices``, its first task also has the shortest time slice
+    from ``start()`` until ``serving()`` (``mcpgw.timeslice``).
 
     @param nice: the nice value of its group while it starts and stops (1 to 19).
     @param set_nice: ``set_autogroup_nice``; replaceable for tests.
+    @param group: weight its autogroup (``can_weight_groups``).
+    @param slices: set its time slice (``available_slices``); ``None``: leave it alone.
     """
 
     def __init__(
@@ -133,12 +138,18 @@ class ChildPriority:
         nice: int,
         proc: str = PROC,
         set_nice: Callable[[int | str, int, str], bool] = set_autogroup_nice,
+        group: bool = True,
+        slices: Slices | None = None,
     ) -> None:
         self._clock = clock
         self._pid = pid
         self._nice = nice
         self._proc = proc
         self._set_nice = set_nice
+        self._group = group
+        self._slices = slices
+        #: The child's first task has the short slice.
+        self.sliced = False
         self._timer: IDelayedCall | None = None
         self._attempt = 0
         self._restores = 0
@@ -150,11 +161,17 @@ class ChildPriority:
         self.group_nice = 0
 
     def start(self) -> None:
-        self._check()
+        if self._slices is not None:
+            self.sliced = self._slices.set(self._pid, SHORTEST)
+        if self._group:
+            self._check()
 
     def serving(self) -> None:
         self._serving = True
         self._cancel_timer()
+        if self.sliced and not self._ended and self._slices is not None:
+            self._slices.set(self._pid, 0)
+            self.sliced = False
         self._set_group(0)
 
     def stopping(self) -> None:

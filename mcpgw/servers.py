@@ -63,6 +63,7 @@ def mcp_server_factory(
     """
     from mcpgw.client import MCPServer
     from mcpgw.priority import can_weight_groups
+    from mcpgw.timeslice import available_slices
 
     chain: sandbox.Tools | None
     if tools == "auto":
@@ -71,6 +72,7 @@ def mcp_server_factory(
     else:
         chain = tools
     weight_groups = can_weight_groups()
+    slices = available_slices()
 
     def make(
         service: ServiceConfig,
@@ -87,6 +89,7 @@ def mcp_server_factory(
             on_exit=on_exit,
             tools=chain,
             weight_groups=weight_groups,
+            slices=slices,
         )
 
     return make

@@ -350,7 +350,10 @@ def sandbox_report() -> dict:
 
 
 def priority_report() -> dict:
-    """This process's scheduling policy and its autogroup's nice value (``None``: unknown)."""
+    """
+    This process's scheduling policy, its autogroup's nice value and its time slice in ns
+    (``None``: unknown).
+    """
     try:
         policy: int | None = os.sched_getscheduler(0)
     except (AttributeError, OSError):
@@ -360,7 +363,15 @@ def priority_report() -> dict:
             autogroup: int | None = int(f.read().split("nice")[1])
     except (OSError, IndexError, ValueError):
         autogroup = None
-    return {"policy": policy, "autogroup": autogroup}
+    slice_ns: int | None = None
+    try:
+        with open("/proc/self/sched") as f:
+            for line in f:
+                if line.startswith("se.slice"):
+                    slice_ns = int(line.split(":")[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return {"policy": policy, "autogroup": autogroup, "slice": slice_ns}
 
 
 def _status_mask(name: str) -> int | None:

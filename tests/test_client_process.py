@@ -19,10 +19,11 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from mcpgw import priority, sandbox
+from mcpgw import priority, sandbox, timeslice
 from mcpgw.client import MCPServer
 from mcpgw.config import ResourceLimits, SandboxConfig, ServiceConfig
 from mcpgw.errors import ChildFailed, JsonRpcError, StartupFailed
+from tests.test_timeslice import clears_flag
 
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_mcp_server.py")
 
@@ -59,6 +60,15 @@ def text_of(result: dict[str, Any]) -> str:
     return str(result["content"][0]["text"])
 
 
+def own_slice() -> int | None:
+    """This thread's time slice in ns (what a child starts with); C{None} where not shown."""
+    with open("/proc/thread-self/sched") as f:
+        for line in f:
+            if line.startswith("se.slice"):
+                return int(line.split(":")[1])
+    return None
+
+
 class RealProcessTests(TestCase):
     """C{MCPServer} against real child processes, through the Python launcher."""
 
@@ -76,6 +86,7 @@ class RealProcessTests(TestCase):
         service: ServiceConfig,
         environ: dict[str, str] | None = None,
         weight_groups: bool = False,
+        slices: timeslice.Slices | None = None,
     ) -> MCPServer:
         server = MCPServer(
             reactor,
@@ -86,6 +97,7 @@ class RealProcessTests(TestCase):
             on_exit=self.exits.append,
             tools=self.tools,
             weight_groups=weight_groups,
+            slices=slices,
         )
         server.term_grace = 0.5
         server.kill_grace = 0.5
@@ -274,26 +286,37 @@ class RealProcessTests(TestCase):
     @inlineCallbacks
     def test_priority_while_starting_and_stopping(self) -> Any:
         """
-        Until it has answered C{initialize} the child's group has C{startup_nice}; while it
-        serves nice 0; once stopped C{startup_nice} again. Its scheduling policy is never
-        touched. Where the gateway may not write the groups without limit
-        (C{can_weight_groups}: root in a user namespace, say) they are left alone.
+        Until it has answered C{initialize} the child's group has C{startup_nice} and its
+        task the shortest time slice (and C{SCHED_RESET_ON_FORK}); while it serves nice 0 and
+        the default slice, its policy as it was; once stopped C{startup_nice} again. Where the
+        gateway may not write the groups without limit (C{can_weight_groups}: root in a user
+        namespace, say) they are left alone; so are slices where the kernel has none.
         """
         weight = priority.can_weight_groups()
+        slices = timeslice.available_slices()
         on_eof = os.path.abspath(self.mktemp())
         server = self.server(
-            fake_service("--init-delay=0.3", f"--priority-on-eof={on_eof}"), weight_groups=weight
+            fake_service("--init-delay=0.3", f"--priority-on-eof={on_eof}"),
+            weight_groups=weight,
+            slices=slices,
         )
         yield server.start()
         report = json.loads(text_of((yield server.call_tool("priority", {}, 10))))
         if report["now"]["autogroup"] is None:
             raise SkipTest("no /proc/self/autogroup here")
-        low = {"policy": os.SCHED_OTHER, "autogroup": 19 if weight else 0}
-        self.assertEqual(report["startup"], low)
-        self.assertEqual(report["now"], {"policy": os.SCHED_OTHER, "autogroup": 0})
+        default = own_slice()
+        low = {"policy": os.SCHED_OTHER, "autogroup": 19 if weight else 0, "slice": default}
+        short = timeslice.SHORTEST if slices is not None else default
+        flag = os.SCHED_RESET_ON_FORK if slices is not None else 0
+        self.assertEqual(report["startup"], dict(low, slice=short, policy=os.SCHED_OTHER | flag))
+        now = {"policy": os.SCHED_OTHER, "autogroup": 0, "slice": default}
+        # Where the gateway may not clear SCHED_RESET_ON_FORK, the kernel keeps it.
+        kept = dict(now, policy=os.SCHED_OTHER | flag)
+        self.assertIn(report["now"], [now] if clears_flag() else [now, kept])
         yield server.stop()
         with open(on_eof) as f:
-            self.assertEqual(json.load(f), low)
+            stopped = json.load(f)
+        self.assertIn(stopped, [low] if clears_flag() else [low, dict(low, policy=kept["policy"])])
 
     @inlineCallbacks
     def test_priority_left_alone(self) -> Any:
@@ -305,12 +328,12 @@ class RealProcessTests(TestCase):
             f"--priority-on-eof={on_eof}",
             sandbox=SandboxConfig(resource_limits=limits),
         )
-        server = self.server(service, weight_groups=True)
+        server = self.server(service, weight_groups=True, slices=timeslice.available_slices())
         yield server.start()
         report = json.loads(text_of((yield server.call_tool("priority", {}, 10))))
         if report["now"]["autogroup"] is None:
             raise SkipTest("no /proc/self/autogroup here")
-        normal = {"policy": os.SCHED_OTHER, "autogroup": 0}
+        normal = {"policy": os.SCHED_OTHER, "autogroup": 0, "slice": own_slice()}
         self.assertEqual(report, {"startup": normal, "now": normal})
         yield server.stop()
         with open(on_eof) as f:

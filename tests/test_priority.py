@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mcpgw import priority
 from mcpgw.priority import ChildPriority
+from mcpgw.timeslice import SHORTEST, Slices
 
 PID = 4242
 
@@ -131,6 +132,19 @@ class FunctionTests(SynchronousTestCase):
         self.proc.group("self", 1)
         self.proc.status("000001ffffffffff")
         self.assertFalse(priority.can_weight_groups(self.proc.root))
+
+
+class RecordedSlices(Slices):
+    """Records C{set} calls; C{ok} is what they return."""
+
+    def __init__(self) -> None:
+        super().__init__(None, "x86_64")
+        self.calls: list[tuple[int, int]] = []
+        self.ok = True
+
+    def set(self, tid: int, runtime: int) -> bool:
+        self.calls.append((tid, runtime))
+        return self.ok
 
 
 class ChildPriorityTests(SynchronousTestCase):
@@ -256,3 +270,50 @@ class ChildPriorityTests(SynchronousTestCase):
         child.stopping()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(child.group_nice, 19)
+
+    def test_slice_while_starting(self) -> None:
+        """
+        With C{slices}, the child's first task gets the shortest slice at once, and the
+        default one back once it serves; stopping leaves its slice alone.
+        """
+        slices = RecordedSlices()
+        self.proc.group(PID, 1)
+        child = ChildPriority(self.clock, PID, 19, self.proc.root, self.set_nice, slices=slices)
+        child.start()
+        self.assertEqual((slices.calls, child.sliced), ([(PID, SHORTEST)], True))
+        child.serving()
+        child.stopping()
+        self.assertEqual((slices.calls, child.sliced), ([(PID, SHORTEST), (PID, 0)], False))
+
+    def test_slice_not_set(self) -> None:
+        """A slice that could not be set is not set back; after the exit nothing is written."""
+        slices = RecordedSlices()
+        slices.ok = False
+        child = ChildPriority(self.clock, PID, 19, self.proc.root, self.set_nice, slices=slices)
+        child.start()
+        child.serving()
+        self.assertEqual(slices.calls, [(PID, SHORTEST)])
+        slices.ok = True
+        child = ChildPriority(self.clock, PID, 19, self.proc.root, self.set_nice, slices=slices)
+        child.start()
+        child.cancel()
+        child.serving()
+        self.assertEqual(slices.calls, [(PID, SHORTEST), (PID, SHORTEST)])
+
+    def test_slices_without_groups(self) -> None:
+        """C{group=False}: the autogroup is neither checked nor written."""
+        self.proc.group(PID, 7)
+        child = ChildPriority(
+            self.clock,
+            PID,
+            19,
+            self.proc.root,
+            self.set_nice,
+            group=False,
+            slices=RecordedSlices(),
+        )
+        child.start()
+        child.serving()
+        child.stopping()
+        self.assertEqual((self.writes, child.owned), ([], False))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
