@@ -176,7 +176,6 @@ class ChildPriority:
 
     def stopping(self) -> None:
         self._serving = False
-        self._cancel_timer()
         self._set_group(self._nice)
 
     def cancel(self) -> None:
@@ -202,13 +201,17 @@ class ChildPriority:
         self._timer = self._clock.callLater(delay, self._check)
 
     def _set_group(self, nice: int) -> None:
-        self._timer = None
         if self.owned and not self._ended and nice != self.group_nice:
             if self._set_nice(self._pid, nice, self._proc):
                 self.group_nice = nice
             elif nice == 0 and self._restores < RESTORE_TRIES:
                 self._restores += 1
-                self._timer = self._clock.callLater(RESTORE_DELAY, self._set_group, 0)
+                self._timer = self._clock.callLater(RESTORE_DELAY, self._restore)
+
+    def _restore(self) -> None:
+        self._timer = None
+        if self._serving:
+            self._set_group(0)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():

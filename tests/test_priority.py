@@ -250,7 +250,7 @@ class ChildPriorityTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_restore_bounded(self) -> None:
-        """The write back is tried a bounded number of times; stopping ends the tries."""
+        """The write back is tried a bounded number of times; once stopping, no more."""
         self.proc.group(PID, 7)
         child = self.child()
         child.start()
@@ -268,8 +268,20 @@ class ChildPriorityTests(SynchronousTestCase):
         child.serving()
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         child.stopping()
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(priority.RESTORE_DELAY)
         self.assertEqual(child.group_nice, 19)
+        self.assertEqual(self.writes[-1], (PID, 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopped_while_starting(self) -> None:
+        """A child stopped before it has its own group gets the low weight once it has."""
+        self.proc.group(PID, 1)
+        child = self.child()
+        child.start()
+        child.stopping()
+        self.proc.group(PID, 7)
+        self.clock.advance(0.0005)
+        self.assertEqual(self.writes, [(PID, 19)])
 
     def test_slice_while_starting(self) -> None:
         """
