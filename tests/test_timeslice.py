@@ -6,7 +6,9 @@ its own; and a fake system call for machines without them.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -43,15 +45,27 @@ def on_thread(f: Callable[[int], T]) -> T:
 
 def clears_flag() -> bool:
     """
-    C{SCHED_FLAG_RESET_ON_FORK} can be cleared here: root in the initial user namespace
-    (C{CAP_SYS_NICE} there). Elsewhere the kernel may keep it.
+    The kernel lets this process clear C{SCHED_FLAG_RESET_ON_FORK} once set (it needs
+    C{CAP_SYS_NICE} in the initial user namespace): tried with the bare system call on a
+    thread of its own. C{False} where there are no custom slices.
     """
-    try:
-        with open("/proc/self/uid_map") as f:
-            initial = f.read().split() == ["0", "0", "4294967295"]
-    except OSError:
-        initial = False
-    return os.geteuid() == 0 and initial
+    slices = timeslice.available_slices()
+    numbers = timeslice.SYSCALLS.get(platform.machine())
+    if slices is None or numbers is None:
+        return False
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+
+    def probe(tid: int) -> bool:
+        if not slices.set(tid, SHORTEST):
+            return False
+        attr = slices.get(tid)
+        assert attr is not None
+        policy, flags, nice, priority, runtime = attr
+        flags &= ~SCHED_FLAG_RESET_ON_FORK
+        packed = timeslice._ATTR.pack(56, policy, flags, nice, priority, runtime, 0, 0, 0, 0)
+        return syscall(numbers[0], tid, ctypes.create_string_buffer(packed, 56), 0) == 0
+
+    return on_thread(probe)
 
 
 def real() -> Slices:
