@@ -135,11 +135,12 @@ class RealSlicesTests(SynchronousTestCase):
         self.assertEqual(before[0], SCHED_IDLE)
 
     def test_gone(self) -> None:
-        """A task that has exited: C{None} and C{False}."""
+        """A process that has exited (and been reaped): C{None} and C{False}."""
         slices = real()
-        tid = on_thread(lambda tid: tid)
-        self.assertIsNone(slices.get(tid))
-        self.assertFalse(slices.set(tid, SHORTEST))
+        child = subprocess.Popen(["true"])
+        child.wait()
+        self.assertIsNone(slices.get(child.pid))
+        self.assertFalse(slices.set(child.pid, SHORTEST))
 
 
 class FakeSyscall:
