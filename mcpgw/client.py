@@ -53,8 +53,8 @@ class MCPServer:
     ``drain_grace`` s after the exit. ``on_tools_changed()`` on every
     ``notifications/tools/list_changed``. ``tools``: the util-linux launch chain
     (``sandbox.find_tools``), else the Python launcher. ``weight_groups``: lower the child's
-    autogroup weight while it starts and stops; ``slices``: give it the shortest time slice
-    while it starts (``mcpgw.priority``).
+    autogroup weight while it starts and stops; ``slices``: with that, also give it the
+    shortest time slice while it starts, unless it switches user (``mcpgw.priority``).
 
     @ivar term_grace: seconds between closing stdin and SIGTERM to the process group.
     @ivar kill_grace: seconds between SIGTERM and SIGKILL.
@@ -192,10 +192,12 @@ class MCPServer:
             raise StartupFailed(f"cannot spawn MCP server {self.name!r}: {e}") from e
         self._pgid = self._transport.pid
         nice = sandbox.startup_nice(service)
-        if nice and (self._weight_groups or self._slices) and self._pgid is not None:
-            self._priority = ChildPriority(
-                self._clock, self._pgid, nice, group=self._weight_groups, slices=self._slices
-            )
+        if nice and self._weight_groups and self._pgid is not None:
+            # A child that switches user may be out of the gateway's reach once it serves
+            # (root in a user namespace may not change another user's task).
+            switches = sandbox.drops_privileges(service, os.geteuid())
+            slices = None if switches else self._slices
+            self._priority = ChildPriority(self._clock, self._pgid, nice, slices=slices)
             self._priority.start()
         self.log.info(
             "spawned {server} pid={pid} dir={private_dir} ({launcher} launcher)",

@@ -127,7 +127,6 @@ class ChildPriority:
 
     @param nice: the nice value of its group while it starts and stops (1 to 19).
     @param set_nice: ``set_autogroup_nice``; replaceable for tests.
-    @param group: weight its autogroup (``can_weight_groups``).
     @param slices: set its time slice (``available_slices``); ``None``: leave it alone.
     """
 
@@ -138,7 +137,6 @@ class ChildPriority:
         nice: int,
         proc: str = PROC,
         set_nice: Callable[[int | str, int, str], bool] = set_autogroup_nice,
-        group: bool = True,
         slices: Slices | None = None,
     ) -> None:
         self._clock = clock
@@ -146,9 +144,8 @@ class ChildPriority:
         self._nice = nice
         self._proc = proc
         self._set_nice = set_nice
-        self._group = group
         self._slices = slices
-        #: The child's first task has the short slice.
+        #: The child's first task has the short slice (still, if it could not be set back).
         self.sliced = False
         self._timer: IDelayedCall | None = None
         self._attempt = 0
@@ -163,15 +160,13 @@ class ChildPriority:
     def start(self) -> None:
         if self._slices is not None:
             self.sliced = self._slices.set(self._pid, SHORTEST)
-        if self._group:
-            self._check()
+        self._check()
 
     def serving(self) -> None:
         self._serving = True
         self._cancel_timer()
         if self.sliced and not self._ended and self._slices is not None:
-            self._slices.set(self._pid, 0)
-            self.sliced = False
+            self.sliced = not self._slices.set(self._pid, 0)
         self._set_group(0)
 
     def stopping(self) -> None:

@@ -72,7 +72,8 @@ def mcp_server_factory(
     else:
         chain = tools
     weight_groups = can_weight_groups()
-    slices = available_slices()
+    # Slices only with the group weight: a short slice also brings the child's turn forward.
+    slices = available_slices() if weight_groups else None
 
     def make(
         service: ServiceConfig,

@@ -6,14 +6,20 @@ A child starting up runs on the same cores as the gateway, its other sessions' c
 their HTTP clients. Once the scheduler has picked it, it keeps the core for its slice (1.4 ms
 by default on 2 cores) before a task that wakes up may take the core, however low its group's
 weight (``mcpgw.priority``). With the kernel's shortest slice (0.1 ms) it hands the core over
-almost at once. ``ChildPriority`` sets that slice on the child just after the spawn and sets
-the default back once the child has answered ``initialize``.
+almost at once. A short slice also brings a task's turn forward (an earlier virtual
+deadline), so it is only given together with the low group weight, which outweighs that.
+``ChildPriority`` sets it on the child just after the spawn and sets the default back once
+the child has answered ``initialize``.
 
 Only the child's first task is changed, with ``SCHED_FLAG_RESET_ON_FORK``: threads and
 processes it starts meanwhile get the default slice, so setting the default back on that one
-task (and clearing the flag) leaves nothing behind. Its scheduling policy and nice value are
-kept as they are; a task under a policy other than ``SCHED_OTHER`` or ``SCHED_BATCH`` is left
-alone.
+task leaves no short slice behind. The flag itself is cleared too where the gateway has
+``CAP_SYS_NICE`` (in the initial user namespace); elsewhere the kernel keeps it (the child's
+later children then start at the default policy and a nice value of at least 0). Its
+scheduling policy and nice value are read and written back as they are (a change the child
+makes to them in the few microseconds between would be undone); a task under a policy other
+than ``SCHED_OTHER`` or ``SCHED_BATCH`` is left alone. A child that switches user is not
+changed: the gateway may not be allowed to set it back (root in a user namespace).
 
 Older kernels have no custom slices for these policies (``available_slices`` tells).
 """
@@ -66,7 +72,10 @@ class Slices:
     """
 
     def __init__(self, syscall: Syscall | None = None, machine: str | None = None) -> None:
-        numbers = SYSCALLS.get(machine if machine is not None else platform.machine())
+        if machine is None:
+            # The kernel's machine; a 32-bit process on it has other system call numbers.
+            machine = platform.machine() if ctypes.sizeof(ctypes.c_void_p) == 8 else "32-bit"
+        numbers = SYSCALLS.get(machine)
         self._syscall = syscall if numbers is not None else None
         self._set, self._get = numbers or (0, 0)
 

@@ -19,7 +19,7 @@ from zope.interface import implementer
 import mcpgw
 from mcpgw import sandbox
 from mcpgw.client import MCPServer
-from mcpgw.config import ServiceConfig
+from mcpgw.config import SandboxConfig, ServiceConfig
 from mcpgw.errors import CallTimeout, ChildFailed, InvalidResult, JsonRpcError, StartupFailed
 from tests.fake_process import FakeProcessReactor, FakeProcessTransport
 
@@ -64,6 +64,46 @@ class ClientTestsMixin:
 
 class StartTests(ClientTestsMixin, SynchronousTestCase):
     """C{MCPServer.start}."""
+
+    def test_priority_wiring(self) -> None:
+        """
+        With C{weight_groups}, the child's priority follows it (C{mcpgw.priority}), with the
+        time slices too unless it switches user; without, nothing is made.
+        """
+        made: list[tuple[int, int, object]] = []
+
+        class Recorded:
+            def __init__(self, clock: object, pid: int, nice: int, slices: object) -> None:
+                made.append((pid, nice, slices))
+
+            def start(self) -> None:
+                pass
+
+            def cancel(self) -> None:
+                pass
+
+        self.patch(mcpgw.client, "ChildPriority", Recorded)
+        slices = object()
+        for weight_groups, drop in ((True, False), (True, True), (False, False)):
+            service = ServiceConfig(
+                name="svc",
+                command=("my-server",),
+                sandbox=SandboxConfig(drop_privileges=drop),
+            )
+            server = MCPServer(
+                self.reactor,
+                service,
+                self.root,
+                {"PATH": "/bin"},
+                weight_groups=weight_groups,
+                slices=slices,  # type: ignore[arg-type]
+            )
+            server.start()
+        switches = os.geteuid() == 0
+        pids = [t.pid for t in self.reactor.transports]
+        self.assertEqual(
+            made, [(pids[0], 19, slices), (pids[1], 19, None if switches else slices)]
+        )
 
     def test_spawn_arguments(self) -> None:
         """

@@ -290,7 +290,8 @@ class RealProcessTests(TestCase):
         task the shortest time slice (and C{SCHED_RESET_ON_FORK}); while it serves nice 0 and
         the default slice, its policy as it was; once stopped C{startup_nice} again. Where the
         gateway may not write the groups without limit (C{can_weight_groups}: root in a user
-        namespace, say) they are left alone; so are slices where the kernel has none.
+        namespace, say) they are left alone, and so are slices (given only with the weight);
+        slices also where the kernel has none.
         """
         weight = priority.can_weight_groups()
         slices = timeslice.available_slices()
@@ -306,8 +307,9 @@ class RealProcessTests(TestCase):
             raise SkipTest("no /proc/self/autogroup here")
         default = own_slice()
         low = {"policy": os.SCHED_OTHER, "autogroup": 19 if weight else 0, "slice": default}
-        short = timeslice.SHORTEST if slices is not None else default
-        flag = os.SCHED_RESET_ON_FORK if slices is not None else 0
+        sliced = slices is not None and weight
+        short = timeslice.SHORTEST if sliced else default
+        flag = os.SCHED_RESET_ON_FORK if sliced else 0
         self.assertEqual(report["startup"], dict(low, slice=short, policy=os.SCHED_OTHER | flag))
         now = {"policy": os.SCHED_OTHER, "autogroup": 0, "slice": default}
         # Where the gateway may not clear SCHED_RESET_ON_FORK, the kernel keeps it.

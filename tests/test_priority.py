@@ -297,6 +297,15 @@ class ChildPriorityTests(SynchronousTestCase):
         child.stopping()
         self.assertEqual((slices.calls, child.sliced), ([(PID, SHORTEST), (PID, 0)], False))
 
+    def test_slice_not_set_back(self) -> None:
+        """A slice the kernel would not set back is still reported as set."""
+        slices = RecordedSlices()
+        child = ChildPriority(self.clock, PID, 19, self.proc.root, self.set_nice, slices=slices)
+        child.start()
+        slices.ok = False
+        child.serving()
+        self.assertEqual((slices.calls, child.sliced), ([(PID, SHORTEST), (PID, 0)], True))
+
     def test_slice_not_set(self) -> None:
         """A slice that could not be set is not set back; after the exit nothing is written."""
         slices = RecordedSlices()
@@ -311,21 +320,3 @@ class ChildPriorityTests(SynchronousTestCase):
         child.cancel()
         child.serving()
         self.assertEqual(slices.calls, [(PID, SHORTEST), (PID, SHORTEST)])
-
-    def test_slices_without_groups(self) -> None:
-        """C{group=False}: the autogroup is neither checked nor written."""
-        self.proc.group(PID, 7)
-        child = ChildPriority(
-            self.clock,
-            PID,
-            19,
-            self.proc.root,
-            self.set_nice,
-            group=False,
-            slices=RecordedSlices(),
-        )
-        child.start()
-        child.serving()
-        child.stopping()
-        self.assertEqual((self.writes, child.owned), ([], False))
-        self.assertEqual(self.clock.getDelayedCalls(), [])

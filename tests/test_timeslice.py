@@ -38,6 +38,8 @@ def on_thread(f: Callable[[int], T]) -> T:
     thread = threading.Thread(target=run)
     thread.start()
     thread.join(30)
+    if thread.is_alive():
+        raise AssertionError("the test's thread did not end within 30 s")
     if "error" in out:
         raise out["error"]
     return out["result"]  # type: ignore[no-any-return]
