@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -94,6 +95,9 @@ class GatewayService(MultiService):
     def __init__(self, config: Config) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
+        #: Installed once the reactor runs (``makeService`` sets it; tests leave the
+        #: process's signal handlers alone).
+        self.stop_signals: StopSignals | None = None
         self.app: GatewayApp | None = None
         self.listener: ListenerService | None = None
         self.sessions: SessionManager | None = None
@@ -109,6 +113,38 @@ class GatewayService(MultiService):
             gc.freeze()
         if self.catalog is not None:
             self.catalog.probe_all()
+        if self.stop_signals is not None:
+            self.stop_signals.reactor.callWhenRunning(self.stop_signals.install)
+
+
+class StopSignals:
+    """
+    SIGTERM and SIGINT handlers that stop the reactor once. Twisted's own call
+    ``reactor.stop`` for every signal, and a second one while the gateway stops its children
+    (``timeout`` passing a signal on, Ctrl-C twice) logged ``ReactorNotRunning`` with a
+    traceback. A repeated signal is logged and ignored. SIGINT is taken over only from the
+    reactor (a debugger's handler stays).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.stopping = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)
+        if getattr(signal.getsignal(signal.SIGINT), "__self__", None) is self.reactor:
+            signal.signal(signal.SIGINT, self)
+
+    def __call__(self, signum: int, frame: object = None) -> None:
+        name = signal.Signals(signum).name
+        if self.stopping:
+            log.info("received {signal} while stopping: still stopping", signal=name)
+            return
+        self.stopping = True
+        log.info("received {signal}, shutting down", signal=name)
+        # twistd re-raises it once stopped, as with its own handlers.
+        self.reactor._exitSignal = signum
+        self.reactor.callFromThread(self.reactor.stop)
 
 
 def build_service(
@@ -184,4 +220,5 @@ def makeService(options: Options) -> MultiService:
 
     top = build_service(reactor, options["gateway_config"], os.environ)
     top.freeze_heap = True
+    top.stop_signals = StopSignals(reactor)
     return top

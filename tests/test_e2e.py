@@ -13,6 +13,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor, ssl
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
@@ -74,6 +75,30 @@ class EndToEndTests(TestCase):
         self.assertEqual(processes_under(self.sandbox), [])
         self.assertEqual(os.listdir(self.sandbox), [])
         self.assertIn("listening on http://127.0.0.1:", gw.output())
+
+    async def test_signal_twice(self) -> None:
+        """
+        A second SIGTERM while the gateway stops its children (C{timeout} passing a signal
+        on, Ctrl-C twice) is ignored: a clean exit, no traceback, no child left. (The child
+        ignores stdin EOF, so stopping it takes the 2 s grace before its SIGTERM.)
+        """
+        fake = os.path.join(REPO, "tests", "fake_mcp_server.py")
+        slow = {"command": [sys.executable, fake, "--ignore-eof"], "description": "slow"}
+        gw = self.start(services={"slow": slow})
+        url = await gw.url
+        body = {"tool": "echo", "session_id": "s", "arguments": {"text": "x"}}
+        r = await http.post(f"{url}/services/slow/call", json=body, auth=AUTH)
+        self.assertEqual(r.code, 200, await r.text())
+        gw.kill("TERM")
+        for _ in range(100):
+            if "shutting down" in gw.output() or gw.ended.called:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        gw.kill("TERM")
+        self.assertEqual(await gw.ended, 0)
+        self.assertNotIn("Traceback", gw.output())
+        self.assertIn("received SIGTERM while stopping", gw.output())
+        self.assertEqual(processes_under(self.sandbox), [])
 
     async def test_tls_with_chain(self) -> None:
         """

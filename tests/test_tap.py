@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from mcpgw.tap import GatewayService, Options, makeService
+from mcpgw.tap import GatewayService, Options, StopSignals, makeService
 
 from .configs import gateway_config
 
@@ -117,3 +118,75 @@ class FreezeHeapTests(SynchronousTestCase):
         top = makeService(options)
         self.assertIsInstance(top, GatewayService)
         self.assertTrue(getattr(top, "freeze_heap", False))
+        stop_signals = getattr(top, "stop_signals", None)
+        self.assertIsInstance(stop_signals, StopSignals)
+        from twisted.internet import reactor
+
+        self.assertIs(stop_signals.reactor, reactor)  # type: ignore[union-attr]
+
+
+class RecordingReactor:
+    """What C{StopSignals} uses of a reactor, recorded."""
+
+    _exitSignal: int | None = None
+
+    def __init__(self) -> None:
+        self.calls: list[object] = []
+        self.when_running: list[object] = []
+
+    def callFromThread(self, f: object) -> None:
+        self.calls.append(f)
+
+    def callWhenRunning(self, f: object) -> None:
+        self.when_running.append(f)
+
+    def stop(self) -> None:
+        pass
+
+    def sigInt(self, signum: int, frame: object) -> None:
+        pass
+
+
+class StopSignalsTests(SynchronousTestCase):
+    """
+    SIGTERM and SIGINT stop the reactor once; a repeated one while stopping is ignored
+    (Twisted's handlers stopped it again and logged C{ReactorNotRunning}).
+    """
+
+    def setUp(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+        self.reactor = RecordingReactor()
+
+    def test_once(self) -> None:
+        """The first signal stops the reactor and is noted for twistd; the next ones not."""
+        handler = StopSignals(self.reactor)
+        handler(signal.SIGTERM)
+        handler(signal.SIGINT)
+        handler(signal.SIGTERM)
+        self.assertEqual(self.reactor.calls, [self.reactor.stop])
+        self.assertEqual(self.reactor._exitSignal, signal.SIGTERM)
+
+    def test_install(self) -> None:
+        """SIGTERM always; SIGINT only where the reactor had it."""
+        handler = StopSignals(self.reactor)
+        signal.signal(signal.SIGINT, self.reactor.sigInt)
+        handler.install()
+        self.assertIs(signal.getsignal(signal.SIGTERM), handler)
+        self.assertIs(signal.getsignal(signal.SIGINT), handler)
+        other = StopSignals(RecordingReactor())
+        other.install()
+        self.assertIs(signal.getsignal(signal.SIGTERM), other)
+        self.assertIs(signal.getsignal(signal.SIGINT), handler)
+
+    def test_installed_once_running(self) -> None:
+        """The service installs them once the reactor runs (after Twisted's own)."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        options = Options()
+        options.parseOptions(["-c", gateway_config(directory, services={})])
+        top = GatewayService(options["gateway_config"])
+        top.stop_signals = StopSignals(self.reactor)
+        self.addCleanup(top.stopService)
+        top.startService()
+        self.assertEqual(self.reactor.when_running, [top.stop_signals.install])
