@@ -150,6 +150,8 @@ class ChildPriority:
         self._timer: IDelayedCall | None = None
         self._attempt = 0
         self._restores = 0
+        #: The gateway's own group, read at the first check (it never changes).
+        self._own_group: str | None = None
         self._serving = False
         self._ended = False
         #: The child is in a group of its own (not the gateway's).
@@ -185,7 +187,9 @@ class ChildPriority:
         group = autogroup_of(self._pid, self._proc)
         if group is None:  # gone, or no autogroups
             return
-        if group != autogroup_of("self", self._proc):
+        if self._own_group is None:
+            self._own_group = autogroup_of("self", self._proc)
+        if group != self._own_group:
             self.owned = True
             self._set_group(self._nice)
             return
