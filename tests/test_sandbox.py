@@ -205,6 +205,17 @@ class PrivateDirTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(launch.private_dir))
         sandbox.remove_private_dir(launch.private_dir)
 
+    def test_remove_with_contents(self) -> None:
+        """A private directory the child filled (files, a subdirectory) is removed whole."""
+        root = os.path.abspath(self.mktemp())
+        launch = sandbox.prepare_launch(service(), root, {}, euid=1000)
+        os.makedirs(os.path.join(launch.private_dir, ".cache", "pkg"))
+        with open(os.path.join(launch.private_dir, ".cache", "pkg", "data"), "w") as f:
+            f.write("x")
+        sandbox.remove_private_dir(launch.private_dir)
+        self.assertFalse(os.path.exists(launch.private_dir))
+        self.assertEqual(os.listdir(root), [])
+
     def test_unique(self) -> None:
         """Two launches of one service get two directories."""
         root = os.path.abspath(self.mktemp())
