@@ -33,6 +33,7 @@ import mcpgw
 from mcpgw import sandbox
 from mcpgw.child import MCPChildProtocol
 from mcpgw.config import ServiceConfig
+from mcpgw.cpugroup import IdleGroup
 from mcpgw.errors import CallTimeout, ChildFailed, InvalidResult, JsonRpcError, StartupFailed
 from mcpgw.logs import Logger
 from mcpgw.priority import ChildPriority
@@ -55,6 +56,7 @@ class MCPServer:
     (``sandbox.find_tools``), else the Python launcher. ``weight_groups``: lower the child's
     autogroup weight while it starts and stops; ``slices``: with that, also give it the
     shortest time slice while it starts, unless it switches user (``mcpgw.priority``).
+    ``idle_group``: once usable, the child starts and stops in it instead (``mcpgw.cpugroup``).
 
     @ivar term_grace: seconds between closing stdin and SIGTERM to the process group.
     @ivar kill_grace: seconds between SIGTERM and SIGKILL.
@@ -83,8 +85,10 @@ class MCPServer:
         tools: sandbox.Tools | None = None,
         weight_groups: bool = False,
         slices: Slices | None = None,
+        idle_group: IdleGroup | None = None,
     ) -> None:
         self._reactor = reactor
+        self._idle_group = idle_group
         self._clock = IReactorTime(reactor)
         self._service = service
         self._sandbox_root = sandbox_root
@@ -192,12 +196,20 @@ class MCPServer:
             raise StartupFailed(f"cannot spawn MCP server {self.name!r}: {e}") from e
         self._pgid = self._transport.pid
         nice = sandbox.startup_nice(service)
-        if nice and self._weight_groups and self._pgid is not None:
+        idle = self._idle_group if self._idle_group and self._idle_group.usable else None
+        if nice and (self._weight_groups or idle) and self._pgid is not None:
             # A child that switches user may be out of the gateway's reach once it serves
             # (root in a user namespace may not change another user's task).
             switches = sandbox.drops_privileges(service, os.geteuid())
             slices = None if switches else self._slices
-            self._priority = ChildPriority(self._clock, self._pgid, nice, slices=slices)
+            self._priority = ChildPriority(
+                self._clock,
+                self._pgid,
+                nice,
+                slices=slices,
+                idle_group=idle,
+                weight_groups=self._weight_groups,
+            )
             self._priority.start()
         self.log.info(
             "spawned {server} pid={pid} dir={private_dir} ({launcher} launcher)",

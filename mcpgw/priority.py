@@ -16,6 +16,9 @@ the spawn until the child has answered ``initialize``, puts it back to 0 while i
 lowers it again once the child is told to stop (a Python child spends milliseconds in its exit).
 An idle machine starts a child just as fast; a busy one finishes the calls in progress first.
 
+Where the gateway may make CPU control groups, the idle group (``mcpgw.cpugroup``) does this
+better and takes the place of all that follows: the child starts and stops in it instead.
+
 - The child has its own group only once its launcher has called ``setsid`` (about 0.7 ms after
   the spawn with util-linux, 10 ms with the Python launcher), and the kernel attaches the new
   group just after the session id changes: until then ``/proc/PID/autogroup`` is the gateway's
@@ -38,6 +41,7 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from mcpgw.cpugroup import IdleGroup
 from mcpgw.timeslice import SHORTEST, Slices
 
 PROC = "/proc"
@@ -128,6 +132,11 @@ class ChildPriority:
     @param nice: the nice value of its group while it starts and stops (1 to 19).
     @param set_nice: ``set_autogroup_nice``; replaceable for tests.
     @param slices: set its time slice (``available_slices``); ``None``: leave it alone.
+    @param idle_group: in their place, the idle CPU group (``mcpgw.cpugroup``): the child
+        starts in it, its whole session leaves it once it serves, and its first process goes
+        back to it to stop.
+    @param weight_groups: without one, weight its autogroup (and set its slice); C{False}:
+        do nothing.
     """
 
     def __init__(
@@ -138,8 +147,15 @@ class ChildPriority:
         proc: str = PROC,
         set_nice: Callable[[int | str, int, str], bool] = set_autogroup_nice,
         slices: Slices | None = None,
+        idle_group: IdleGroup | None = None,
+        weight_groups: bool = True,
     ) -> None:
         self._clock = clock
+        self._idle_group = idle_group
+        self._weight_groups = weight_groups
+        #: The child started in the idle group; ``idle``: it is in it now.
+        self.uses_idle_group = False
+        self.idle = False
         self._pid = pid
         self._nice = nice
         self._proc = proc
@@ -160,12 +176,23 @@ class ChildPriority:
         self.group_nice = 0
 
     def start(self) -> None:
+        if self._idle_group is not None:
+            self._idle_group.enter(self._pid)
+            self.uses_idle_group = self.idle = True
+            return
+        if not self._weight_groups:
+            return
         if self._slices is not None:
             self.sliced = self._slices.set(self._pid, SHORTEST)
         self._check()
 
     def serving(self) -> None:
         self._serving = True
+        if self.uses_idle_group:
+            if self.idle and not self._ended and self._idle_group is not None:
+                self._idle_group.release(self._pid)  # it leads its session
+            self.idle = False
+            return
         self._cancel_timer()
         if self.sliced and not self._ended and self._slices is not None:
             self.sliced = not self._slices.set(self._pid, 0)
@@ -173,6 +200,11 @@ class ChildPriority:
 
     def stopping(self) -> None:
         self._serving = False
+        if self.uses_idle_group:
+            if not self.idle and not self._ended and self._idle_group is not None:
+                self._idle_group.enter(self._pid)
+                self.idle = True
+            return
         self._set_group(self._nice)
 
     def cancel(self) -> None:

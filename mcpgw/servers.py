@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 
 from mcpgw import sandbox
 from mcpgw.config import ServiceConfig
+from mcpgw.cpugroup import IdleGroup
 from mcpgw.logs import Logger
 
 log = Logger()
@@ -53,6 +54,7 @@ def mcp_server_factory(
     sandbox_root: str,
     environ: Mapping[str, str],
     tools: sandbox.Tools | Literal["auto"] | None = "auto",
+    idle_group: IdleGroup | None = None,
 ) -> ServerFactory:
     """
     The real factory: ``mcpgw.client.MCPServer`` children under ``sandbox_root``.
@@ -60,6 +62,7 @@ def mcp_server_factory(
     @param tools: the util-linux launch chain; ``"auto"`` (the default): found and checked
         once per process (``sandbox.default_tools``, a trial run of a few milliseconds, at
         startup); ``None``: the Python launcher.
+    @param idle_group: where children start and stop, once open (``mcpgw.cpugroup``).
     """
     from mcpgw.client import MCPServer
     from mcpgw.priority import can_weight_groups
@@ -91,6 +94,7 @@ def mcp_server_factory(
             tools=chain,
             weight_groups=weight_groups,
             slices=slices,
+            idle_group=idle_group,
         )
 
     return make

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from mcpgw.app import GatewayApp
@@ -23,6 +24,7 @@ from mcpgw.auth import Credentials
 from mcpgw.catalog import ToolsCatalog
 from mcpgw.config import Config
 from mcpgw.config_loader import load_config
+from mcpgw.cpugroup import IdleGroup
 from mcpgw.errors import ConfigError
 from mcpgw.listen import ListenerService, server_endpoint, url_host
 from mcpgw.logs import FileLogService, Logger
@@ -102,11 +104,15 @@ class GatewayService(MultiService):
         self.listener: ListenerService | None = None
         self.sessions: SessionManager | None = None
         self.catalog: ToolsCatalog | None = None
+        #: Where children start and stop (``mcpgw.cpugroup``), made once the gateway runs.
+        self.idle_group: IdleGroup | None = None
 
     def startService(self) -> None:
         # After twistd has shed privileges: the sandbox is the runtime user's, and so are
         # the probes' children (SPEC 5: probed once the listener is up).
         os.makedirs(self.config.session.sandbox_dir, mode=0o700, exist_ok=True)
+        if self.idle_group is not None:
+            log.info("{how}", how=self.idle_group.open())
         super().startService()  # type: ignore[no-untyped-call]
         if self.freeze_heap:
             gc.collect()
@@ -115,6 +121,18 @@ class GatewayService(MultiService):
             self.catalog.probe_all()
         if self.stop_signals is not None:
             self.stop_signals.reactor.callWhenRunning(self.stop_signals.install)
+
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+        idle_group = self.idle_group
+        if idle_group is not None:
+
+            def close(result: object) -> object:
+                idle_group.close()  # once every child has ended
+                return result
+
+            stopped.addBoth(close)
+        return stopped
 
 
 class StopSignals:
@@ -168,7 +186,12 @@ def build_service(
             source=config.source,
             keys=", ".join(config.unknown_keys),
         )
-    factory = server_factory or mcp_server_factory(reactor, config.session.sandbox_dir, environ)
+    if server_factory is None:
+        top.idle_group = IdleGroup()
+        server_factory = mcp_server_factory(
+            reactor, config.session.sandbox_dir, environ, idle_group=top.idle_group
+        )
+    factory = server_factory
     services = config.enabled_services
     catalog = ToolsCatalog(services, factory)
     catalog.setServiceParent(top)  # type: ignore[no-untyped-call]

@@ -67,14 +67,23 @@ class StartTests(ClientTestsMixin, SynchronousTestCase):
 
     def test_priority_wiring(self) -> None:
         """
-        With C{weight_groups}, the child's priority follows it (C{mcpgw.priority}), with the
-        time slices too unless it switches user; without, nothing is made.
+        With C{weight_groups}, or an idle CPU group once usable, the child's priority follows
+        it (C{mcpgw.priority}), with the time slices too unless it switches user; with
+        neither, nothing is made.
         """
-        made: list[tuple[int, int, object]] = []
+        made: list[tuple[int, int, object, object, bool]] = []
 
         class Recorded:
-            def __init__(self, clock: object, pid: int, nice: int, slices: object) -> None:
-                made.append((pid, nice, slices))
+            def __init__(
+                self,
+                clock: object,
+                pid: int,
+                nice: int,
+                slices: object,
+                idle_group: object,
+                weight_groups: bool,
+            ) -> None:
+                made.append((pid, nice, slices, idle_group, weight_groups))
 
             def start(self) -> None:
                 pass
@@ -82,9 +91,22 @@ class StartTests(ClientTestsMixin, SynchronousTestCase):
             def cancel(self) -> None:
                 pass
 
+        class Group:
+            def __init__(self, usable: bool) -> None:
+                self.usable = usable
+
         self.patch(mcpgw.client, "ChildPriority", Recorded)
         slices = object()
-        for weight_groups, drop in ((True, False), (True, True), (False, False)):
+        usable, unusable = Group(True), Group(False)
+        cases = [
+            (True, False, None),
+            (True, True, None),
+            (False, False, None),
+            (False, False, unusable),
+            (False, False, usable),
+            (True, False, unusable),
+        ]
+        for weight_groups, drop, group in cases:
             service = ServiceConfig(
                 name="svc",
                 command=("my-server",),
@@ -97,12 +119,19 @@ class StartTests(ClientTestsMixin, SynchronousTestCase):
                 {"PATH": "/bin"},
                 weight_groups=weight_groups,
                 slices=slices,  # type: ignore[arg-type]
+                idle_group=group,  # type: ignore[arg-type]
             )
             server.start()
         switches = os.geteuid() == 0
         pids = [t.pid for t in self.reactor.transports]
         self.assertEqual(
-            made, [(pids[0], 19, slices), (pids[1], 19, None if switches else slices)]
+            made,
+            [
+                (pids[0], 19, slices, None, True),
+                (pids[1], 19, None if switches else slices, None, True),
+                (pids[4], 19, slices, usable, False),
+                (pids[5], 19, slices, None, True),
+            ],
         )
 
     def test_spawn_arguments(self) -> None:

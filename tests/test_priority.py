@@ -320,3 +320,88 @@ class ChildPriorityTests(SynchronousTestCase):
         child.cancel()
         child.serving()
         self.assertEqual(slices.calls, [(PID, SHORTEST), (PID, SHORTEST)])
+
+
+class RecordedIdleGroup:
+    """An idle CPU group that records what is moved."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def enter(self, pid: int) -> None:
+        self.calls.append(("enter", pid))
+
+    def release(self, session: int) -> None:
+        self.calls.append(("release", session))
+
+
+class IdleGroupPriorityTests(SynchronousTestCase):
+    """C{ChildPriority} with an idle CPU group (C{mcpgw.cpugroup})."""
+
+    def setUp(self) -> None:
+        self.proc = FakeProc(self.mktemp())
+        self.clock = Clock()
+        self.writes: list[tuple[int | str, int]] = []
+        self.group = RecordedIdleGroup()
+        self.slices = RecordedSlices()
+
+    def set_nice(self, pid: int | str, nice: int, proc: str) -> bool:
+        self.writes.append((pid, nice))
+        return True
+
+    def child(self, weight_groups: bool = True) -> ChildPriority:
+        return ChildPriority(
+            self.clock,
+            PID,
+            19,
+            self.proc.root,
+            self.set_nice,
+            slices=self.slices,
+            idle_group=self.group,  # type: ignore[arg-type]
+            weight_groups=weight_groups,
+        )
+
+    def test_start_serve_stop(self) -> None:
+        """
+        The child starts in the group, its session leaves it once it serves, its first
+        process goes back to stop; no autogroup, no slice, no timer.
+        """
+        self.proc.group(PID, 7)
+        child = self.child()
+        child.start()
+        self.assertEqual((child.uses_idle_group, child.idle), (True, True))
+        child.serving()
+        self.assertFalse(child.idle)
+        child.stopping()
+        self.assertTrue(child.idle)
+        self.assertEqual(self.group.calls, [("enter", PID), ("release", PID), ("enter", PID)])
+        self.assertEqual((self.writes, self.slices.calls), ([], []))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopped_while_starting(self) -> None:
+        """Stopped before it serves: it is in the group already; nothing more is moved."""
+        child = self.child()
+        child.start()
+        child.stopping()
+        self.assertEqual(self.group.calls, [("enter", PID)])
+
+    def test_nothing_after_exit(self) -> None:
+        """After C{cancel} (its pid may be reused) nothing is moved."""
+        child = self.child()
+        child.start()
+        child.cancel()
+        child.serving()
+        child.stopping()
+        self.assertEqual(self.group.calls, [("enter", PID)])
+
+    def test_neither(self) -> None:
+        """No idle group and no autogroup weights: nothing is done."""
+        self.proc.group(PID, 7)
+        child = ChildPriority(
+            self.clock, PID, 19, self.proc.root, self.set_nice, weight_groups=False
+        )
+        child.start()
+        child.serving()
+        child.stopping()
+        self.assertEqual(self.writes, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
