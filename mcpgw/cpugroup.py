@@ -148,10 +148,13 @@ class IdleGroup:
         try:
             self._write(os.path.join(path, "cpu.idle"), "1")
             self._write(os.path.join(path, "cgroup.procs"), me)
-            self._write(os.path.join(home, "cgroup.procs"), me)
         except OSError as e:
             self._rmdir(path)
             return f"cannot use {path}: {e.strerror}"
+        try:
+            self._write(os.path.join(home, "cgroup.procs"), me)
+        except OSError as e:
+            return f"cannot move back from {path} (the gateway runs in it): {e.strerror}"
         self.path = path
         if self._pool is not None:
             self._pool.start()

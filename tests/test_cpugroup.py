@@ -123,6 +123,21 @@ class IdleGroupTests(SynchronousTestCase):
         self.group.enter(1234)
         self.assertEqual(self.writes, [])
 
+    def test_move_back_refused(self) -> None:
+        """The gateway cannot move back home: the group is not used, and that is said."""
+        real = self.write
+
+        def write(path: str, text: str) -> None:
+            if path == os.path.join(self.home, "cgroup.procs"):
+                raise PermissionError(13, "Permission denied")
+            real(path, text)
+
+        group = IdleGroup(self.home, self.proc, write=write, threaded=False)
+        how = group.open()
+        self.assertIn("cannot move back", how)
+        self.assertIn("Permission denied", how)
+        self.assertFalse(group.usable)
+
     def test_no_group(self) -> None:
         """No cpu hierarchy: nothing is made."""
         group = IdleGroup(None, fake_proc(self.mktemp(), "", ""), write=self.write, threaded=False)
