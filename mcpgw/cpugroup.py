@@ -17,13 +17,15 @@ child as fast (first call 19.0 ms in both).
 ``mcpgw-idle-<gateway pid>`` next to the gateway's own group of the ``cpu`` controller: cgroup
 v1 (a hierarchy with ``cpu``), or cgroup v2 where the gateway's group may have children with
 the controller (the root group, as in a container). It checks that it may move processes
-there and back by moving itself. Where any of that fails, nothing is used and children get
-the autogroup weights. ``close()`` moves back what is left and removes the group; groups left
-by gateways that are gone are removed too, when empty.
+there and back with a throwaway child (``sleep``), never the gateway itself. Where any of
+that fails, nothing is used and children get the autogroup weights. ``close()`` moves back
+what is left and removes the group; the groups of gateways that are gone are emptied and
+removed too.
 
 A child's whole process is moved (``cgroup.procs``): its first process when it is spawned
 (``enter``), every process of its session once it serves (``release``: what it started
-meanwhile was born in the group), and its first process again when it is told to stop. The
+meanwhile was born in the group, and what it forks during the move too: the group is read
+again until none of them is left), and its first process again when it is told to stop. The
 moves are made in order in a thread of the group's own: a move takes 10 microseconds, but
 now and then the kernel makes it wait for an RCU grace period (8 ms seen here), and the
 reactor would wait with it. A move that fails (the process is gone) is not retried.
@@ -33,6 +35,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +45,9 @@ from twisted.python.threadpool import ThreadPool
 
 PROC = "/proc"
 PREFIX = "mcpgw-idle-"
+
+#: Passes over the group's processes to move a session out (see ``release``).
+RELEASE_PASSES = 5
 
 
 def _read(path: str) -> str:
@@ -79,7 +87,7 @@ def cpu_cgroup_dir(proc: str = PROC) -> str | None:
         root, mountpoint = _unescape(head[3]), _unescape(head[4])
         if tail[0] == "cgroup" and "cpu" in tail[2].split(","):
             path = next((p for c, p in own.items() if "cpu" in c.split(",")), None)
-        elif tail[0] == "cgroup2" and not any(c for c in own):
+        elif tail[0] == "cgroup2" and not any("cpu" in c.split(",") for c in own if c):
             path = own.get("")
         else:
             continue
@@ -123,9 +131,8 @@ class IdleGroup:
         self._home = home
         self._proc = proc
         self._write = write
-        self._pool = (
-            ThreadPool(minthreads=0, maxthreads=1, name="mcpgw-cpugroup") if threaded else None
-        )
+        self._threaded = threaded
+        self._pool: ThreadPool | None = None
         self.path: str | None = None
 
     @property
@@ -140,25 +147,38 @@ class IdleGroup:
         self._home = home
         self._remove_stale()
         path = os.path.join(home, f"{PREFIX}{os.getpid()}")
-        me = str(os.getpid())
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
             return f"cannot make {path}: {e.strerror}"
         try:
             self._write(os.path.join(path, "cpu.idle"), "1")
-            self._write(os.path.join(path, "cgroup.procs"), me)
+            self._probe(path, home)
         except OSError as e:
             self._rmdir(path)
-            return f"cannot use {path}: {e.strerror}"
-        try:
-            self._write(os.path.join(home, "cgroup.procs"), me)
-        except OSError as e:
-            return f"cannot move back from {path} (the gateway runs in it): {e.strerror}"
+            return f"cannot use {path}: {e.strerror or e}"
         self.path = path
-        if self._pool is not None:
+        if self._threaded:
+            self._pool = ThreadPool(minthreads=0, maxthreads=1, name="mcpgw-cpugroup")
             self._pool.start()
         return f"children start and stop in {path} (cpu.idle)"
+
+    def _probe(self, path: str, home: str) -> None:
+        """Move a throwaway child into the group and back (C{OSError} if refused)."""
+        sleep = shutil.which("sleep")
+        argv = (
+            [sleep, "60"] if sleep else [sys.executable, "-S", "-c", "import time; time.sleep(60)"]
+        )
+        pid = os.posix_spawn(argv[0], argv, {})
+        try:
+            self._write(os.path.join(path, "cgroup.procs"), str(pid))
+            self._write(os.path.join(home, "cgroup.procs"), str(pid))
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:  # pragma: no cover - reaped by someone else
+                pass
 
     def enter(self, pid: int) -> None:
         """Move process ``pid`` into the group."""
@@ -166,16 +186,26 @@ class IdleGroup:
             self._run(self._enter, self.path, pid)
 
     def release(self, session: int) -> None:
-        """Move every process of ``session`` that is in the group back to the gateway's."""
+        """
+        Move every process of ``session`` that is in the group back to the gateway's: its
+        leader (the pid ``session``) first, so that it forks no more into the group, then the
+        others, reading the group again until none is left (``RELEASE_PASSES`` at most).
+        """
         if self.path is not None:
-            self._run(self._move_home, self.path, lambda pid: self._session_of(pid) == session)
+            self._run(self._release, self.path, session)
+
+    def _release(self, path: str, session: int) -> None:
+        for _ in range(RELEASE_PASSES):
+            if not self._move_home(path, lambda pid: self._session_of(pid) == session, session):
+                return
 
     def close(self) -> None:
         """Make the moves asked for, then move back what is left and remove the group."""
         path, self.path = self.path, None
+        pool, self._pool = self._pool, None
         if path is not None:
-            if self._pool is not None:
-                self._pool.stop()
+            if pool is not None:
+                pool.stop()
             self._move_home(path, lambda pid: True)
             self._rmdir(path)
 
@@ -191,19 +221,29 @@ class IdleGroup:
         except OSError:
             pass  # gone already
 
-    def _move_home(self, group: str, which: Callable[[int], bool]) -> None:
+    def _move_home(
+        self, group: str, which: Callable[[int], bool], first: int | None = None
+    ) -> int:
+        """
+        Move the processes of ``group`` that ``which`` picks home (``first`` before the
+        others, if it is there); how many were picked.
+        """
         if self._home is None:
-            return
+            return 0
         try:
-            pids = _read(os.path.join(group, "cgroup.procs")).split()
-        except OSError:
-            return
+            pids = [int(pid) for pid in _read(os.path.join(group, "cgroup.procs")).split()]
+        except (OSError, ValueError):
+            return 0
+        pids.sort(key=lambda pid: pid != first)
+        picked = 0
         for pid in pids:
-            if which(int(pid)):
+            if which(pid):
+                picked += 1
                 try:
-                    self._write(os.path.join(self._home, "cgroup.procs"), pid)
+                    self._write(os.path.join(self._home, "cgroup.procs"), str(pid))
                 except OSError:
                     pass  # gone meanwhile
+        return picked
 
     def _session_of(self, pid: int) -> int | None:
         try:
@@ -222,7 +262,9 @@ class IdleGroup:
         for name in names:
             owner = name[len(PREFIX) :]
             if name.startswith(PREFIX) and owner.isdigit() and not _alive(int(owner)):
-                self._rmdir(os.path.join(self._home, name))
+                stale = os.path.join(self._home, name)
+                self._move_home(stale, lambda pid: True)
+                self._rmdir(stale)
 
     @staticmethod
     def _rmdir(path: str) -> None:

@@ -28,6 +28,7 @@ from mcpgw.cpugroup import IdleGroup
 from mcpgw.errors import ConfigError
 from mcpgw.listen import ListenerService, server_endpoint, url_host
 from mcpgw.logs import FileLogService, Logger
+from mcpgw.sandbox import startup_nice
 from mcpgw.servers import ServerFactory, mcp_server_factory
 from mcpgw.sessions import SessionManager
 from mcpgw.web import GatewayResource, GatewaySite
@@ -111,7 +112,9 @@ class GatewayService(MultiService):
         # After twistd has shed privileges: the sandbox is the runtime user's, and so are
         # the probes' children (SPEC 5: probed once the listener is up).
         os.makedirs(self.config.session.sandbox_dir, mode=0o700, exist_ok=True)
-        if self.idle_group is not None:
+        if self.idle_group is not None and any(
+            startup_nice(service) for service in self.config.enabled_services.values()
+        ):
             log.info("{how}", how=self.idle_group.open())
         super().startService()  # type: ignore[no-untyped-call]
         if self.freeze_heap:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -74,58 +75,99 @@ class CpuCgroupDirTests(SynchronousTestCase):
         self.assertIsNone(cpu_cgroup_dir(os.path.abspath(self.mktemp())))
 
 
-class IdleGroupTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.home = os.path.abspath(self.mktemp())
-        os.makedirs(self.home)
-        self.proc = os.path.abspath(self.mktemp())
+class FakeHierarchy:
+    """
+    A cgroup hierarchy in plain directories: a write of a pid to a group's C{cgroup.procs}
+    takes it out of every other group's, as the kernel does. Records the writes.
+    """
+
+    def __init__(self, home: str) -> None:
+        self.home = home
         self.writes: list[tuple[str, str]] = []
-        #: The file names whose writes fail.
+        #: File names whose writes fail.
         self.refused: set[str] = set()
-        self.group = IdleGroup(self.home, self.proc, write=self.write, threaded=False)
-        self.path = os.path.join(self.home, f"{PREFIX}{os.getpid()}")
+        #: Called with each pid moved home (to fork a process meanwhile, say).
+        self.moved_home: Callable[[int], None] = lambda pid: None
+
+    def groups(self) -> list[str]:
+        return [self.home] + [
+            os.path.join(self.home, name)
+            for name in sorted(os.listdir(self.home))
+            if os.path.isdir(os.path.join(self.home, name))
+        ]
+
+    def members(self, group: str) -> list[int]:
+        try:
+            with open(os.path.join(group, "cgroup.procs")) as f:
+                return [int(pid) for pid in f.read().split()]
+        except FileNotFoundError:
+            return []
+
+    def put(self, group: str, pid: int) -> None:
+        for other in self.groups():
+            kept = [p for p in self.members(other) if p != pid] + ([pid] if other == group else [])
+            procs = os.path.join(other, "cgroup.procs")
+            if kept or other == self.home:
+                with open(procs, "w") as f:
+                    f.write("".join(f"{p}\n" for p in kept))
+            elif os.path.exists(procs):
+                os.remove(procs)  # an empty group: no file in the way of its rmdir
 
     def write(self, path: str, text: str) -> None:
         if os.path.basename(path) in self.refused:
             raise PermissionError(13, "Permission denied")
         self.writes.append((os.path.relpath(path, self.home), text))
+        if os.path.basename(path) == "cgroup.procs":
+            self.put(os.path.dirname(path), int(text))
+            if os.path.dirname(path) == self.home:
+                self.moved_home(int(text))
 
-    def in_group(self, *pids: int) -> None:
-        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
-            f.write("".join(f"{pid}\n" for pid in pids))
 
-    def process(self, pid: int, session: int) -> None:
+class IdleGroupTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.home = os.path.abspath(self.mktemp())
+        os.makedirs(self.home)
+        self.proc = os.path.abspath(self.mktemp())
+        self.fake = FakeHierarchy(self.home)
+        self.group = IdleGroup(self.home, self.proc, write=self.fake.write, threaded=False)
+        self.path = os.path.join(self.home, f"{PREFIX}{os.getpid()}")
+        self.name = os.path.basename(self.path)
+
+    def process(self, pid: int, session: int, group: str | None = None) -> None:
         os.makedirs(os.path.join(self.proc, str(pid)))
         with open(os.path.join(self.proc, str(pid), "stat"), "w") as f:
             f.write(f"{pid} (a (b) c) S 1 {pid} {session} 0 -1 4194560 0 0\n")
+        if group is not None:
+            self.fake.put(group, pid)
 
     def test_open(self) -> None:
         """
-        C{open} makes the group next to the gateway's, sets C{cpu.idle} and moves the gateway
-        there and back to check that it may.
+        C{open} makes the group next to the gateway's, sets C{cpu.idle}, and checks that it
+        may move processes there and back with a throwaway child (reaped), never the gateway.
         """
         self.assertFalse(self.group.usable)
         self.assertIn(self.path, self.group.open())
-        me, name = str(os.getpid()), os.path.basename(self.path)
-        self.assertEqual(
-            self.writes,
-            [(f"{name}/cpu.idle", "1"), (f"{name}/cgroup.procs", me), ("cgroup.procs", me)],
-        )
+        (idle, one), (into, child), (back, again) = self.fake.writes
+        self.assertEqual((idle, one), (f"{self.name}/cpu.idle", "1"))
+        self.assertEqual((into, back), (f"{self.name}/cgroup.procs", "cgroup.procs"))
+        self.assertEqual(child, again)
+        self.assertNotEqual(int(child), os.getpid())
+        self.assertRaises(ChildProcessError, os.waitpid, int(child), os.WNOHANG)
         self.assertTrue(self.group.usable)
         self.assertTrue(os.path.isdir(self.path))
 
     def test_open_refused(self) -> None:
         """A refused write: the group is removed, not used, and the reason is given."""
-        self.refused.add("cpu.idle")
+        self.fake.refused.add("cpu.idle")
         self.assertIn("Permission denied", self.group.open())
         self.assertFalse(self.group.usable)
         self.assertFalse(os.path.exists(self.path))
         self.group.enter(1234)
-        self.assertEqual(self.writes, [])
+        self.assertEqual(self.fake.writes, [])
 
     def test_move_back_refused(self) -> None:
-        """The gateway cannot move back home: the group is not used, and that is said."""
-        real = self.write
+        """The throwaway child cannot move back: the group is removed and not used."""
+        real = self.fake.write
 
         def write(path: str, text: str) -> None:
             if path == os.path.join(self.home, "cgroup.procs"):
@@ -134,89 +176,125 @@ class IdleGroupTests(SynchronousTestCase):
 
         group = IdleGroup(self.home, self.proc, write=write, threaded=False)
         how = group.open()
-        self.assertIn("cannot move back", how)
         self.assertIn("Permission denied", how)
         self.assertFalse(group.usable)
+        self.assertEqual(self.fake.writes[-1][0], f"{self.name}/cgroup.procs")
+        self.assertNotIn(str(os.getpid()), [text for _, text in self.fake.writes])
 
     def test_no_group(self) -> None:
         """No cpu hierarchy: nothing is made."""
-        group = IdleGroup(None, fake_proc(self.mktemp(), "", ""), write=self.write, threaded=False)
+        proc = fake_proc(self.mktemp(), "", "")
+        group = IdleGroup(None, proc, write=self.fake.write, threaded=False)
         self.assertEqual(group.open(), "no cpu control group to use")
         self.assertFalse(group.usable)
 
     def test_stale_groups_removed(self) -> None:
-        """The empty groups of gateways that are gone are removed; others are kept."""
+        """
+        The groups of gateways that are gone are emptied into the gateway's and removed;
+        others are kept.
+        """
         gone = os.path.join(self.home, f"{PREFIX}{NO_SUCH_PID}")
         alive = os.path.join(self.home, f"{PREFIX}1")
         other = os.path.join(self.home, "not-ours")
-        for path in (gone, alive, other):
+        for path in (alive, other):
             os.makedirs(path)
+        os.makedirs(gone)
+        self.fake.put(gone, 77)
+        self.fake.writes.clear()
         self.group.open()
         self.assertFalse(os.path.exists(gone))
+        self.assertIn(("cgroup.procs", "77"), self.fake.writes)
         self.assertTrue(os.path.isdir(alive))
         self.assertTrue(os.path.isdir(other))
 
     def test_enter(self) -> None:
         """C{enter} moves one process; a refused move (a process gone) is dropped."""
         self.group.open()
-        del self.writes[:]
+        self.fake.writes.clear()
         self.group.enter(1234)
-        self.assertEqual(self.writes, [(f"{os.path.basename(self.path)}/cgroup.procs", "1234")])
-        self.refused.add("cgroup.procs")
+        self.assertEqual(self.fake.members(self.path), [1234])
+        self.fake.refused.add("cgroup.procs")
         self.group.enter(1235)
-        self.assertEqual(len(self.writes), 1)
+        self.assertEqual(self.fake.members(self.path), [1234])
+
+    def test_release(self) -> None:
+        """
+        C{release} moves home the session's leader first, then the rest of that session
+        only, also what the session forks into the group meanwhile.
+        """
+        self.group.open()
+        self.process(11, session=10, group=self.path)
+        self.process(10, session=10, group=self.path)
+        self.process(12, session=99, group=self.path)
+        forked = []
+
+        def fork(pid: int) -> None:
+            if pid == 11 and not forked:  # the session forks while it is moved
+                forked.append(13)
+                self.process(13, session=10, group=self.path)
+
+        self.fake.moved_home = fork
+        self.fake.writes.clear()
+        self.group.release(10)
+        self.assertEqual(self.fake.members(self.path), [12])
+        self.assertEqual([int(text) for _, text in self.fake.writes], [10, 11, 13])
+
+    def test_release_bounded(self) -> None:
+        """A session that never stops forking is read again a bounded number of times."""
+        self.group.open()
+        self.process(10, session=10, group=self.path)
+        born = iter(range(100, 200))
+
+        def fork(pid: int) -> None:
+            self.process(next(born), session=10, group=self.path)
+
+        self.fake.moved_home = fork
+        self.fake.writes.clear()
+        self.group.release(10)
+        self.assertEqual(len(self.fake.writes), cpugroup.RELEASE_PASSES)
 
     def test_threaded(self) -> None:
         """
         By default the moves are made in the group's own thread, in the order asked;
-        C{close} waits for them.
+        C{close} waits for them, and C{open} makes a new thread after it.
         """
         threads: list[str] = []
 
         def write(path: str, text: str) -> None:
             threads.append(threading.current_thread().name)
-            self.write(path, text)
+            self.fake.write(path, text)
 
         group = IdleGroup(self.home, self.proc, write=write)
         group.open()
-        self.process(10, session=10)
-        self.in_group(10)
         for pid in range(20, 30):
             group.enter(pid)
-        group.release(10)
         group.close()
-        name = os.path.basename(self.path)
-        self.assertEqual(
-            self.writes[3:],
-            [(f"{name}/cgroup.procs", str(pid)) for pid in range(20, 30)]
-            + [("cgroup.procs", "10"), ("cgroup.procs", "10")],
-        )
         main = threading.current_thread().name
         self.assertEqual(threads[:3], [main] * 3)  # open: at once
-        self.assertNotIn(main, threads[3:-1])
-        self.assertEqual(threads[-1], main)  # close: what is left, at once
-
-    def test_release(self) -> None:
-        """C{release} moves back home every process in the group of that session only."""
-        self.group.open()
-        del self.writes[:]
-        self.process(10, session=10)
-        self.process(11, session=10)
-        self.process(12, session=99)
-        self.in_group(10, 11, 12, 13)  # 13: gone already
-        self.group.release(10)
-        self.assertEqual(self.writes, [("cgroup.procs", "10"), ("cgroup.procs", "11")])
+        self.assertNotIn(main, threads[3:13])
+        self.assertEqual(
+            self.fake.writes[3:13],
+            [(f"{self.name}/cgroup.procs", str(pid)) for pid in range(20, 30)],
+        )
+        self.assertEqual(threads[13:], [main] * 10)  # close: what is left, at once
+        self.assertLessEqual(set(range(20, 30)), set(self.fake.members(self.home)))
+        group.open()
+        group.enter(31)
+        group.close()
+        self.assertIn(31, self.fake.members(self.home))
 
     def test_close(self) -> None:
         """C{close} moves back whatever is left and no longer uses the group."""
         self.group.open()
-        del self.writes[:]
-        self.in_group(20, 21)
+        self.fake.put(self.path, 20)
+        self.fake.put(self.path, 21)
         self.group.close()
-        self.assertEqual(self.writes, [("cgroup.procs", "20"), ("cgroup.procs", "21")])
+        self.assertEqual(self.fake.members(self.path), [])
+        self.assertLessEqual({20, 21}, set(self.fake.members(self.home)))
         self.assertFalse(self.group.usable)
+        writes = len(self.fake.writes)
         self.group.close()
-        self.assertEqual(len(self.writes), 2)
+        self.assertEqual(len(self.fake.writes), writes)
 
 
 class RealGroupTests(SynchronousTestCase):
@@ -274,3 +352,29 @@ class RealGroupTests(SynchronousTestCase):
         path = self.group.path
         self.group.close()
         self.assertFalse(os.path.exists(path))
+
+    def test_release_while_forking(self) -> None:
+        """Processes the child forks while its session is moved out leave the group too."""
+        assert self.group.path is not None
+        script = (
+            "import os, sys, time\n"
+            "sys.stdin.readline()\n"
+            "for _ in range(400):\n"
+            "    os.posix_spawn('/bin/sleep', ['sleep', '5'], {})\n"
+            "    time.sleep(0.0005)\n"
+            "sys.stdin.read()\n"
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, start_new_session=True
+        )
+        self.addCleanup(child.wait)
+        self.addCleanup(child.stdin.close)  # type: ignore[union-attr]
+        self.addCleanup(os.killpg, child.pid, 9)
+        self.group.enter(child.pid)
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        time.sleep(0.05)  # it forks meanwhile
+        self.group.release(child.pid)
+        left = cpugroup._read(os.path.join(self.group.path, "cgroup.procs")).split()
+        self.assertEqual(left, [])

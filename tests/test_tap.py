@@ -9,8 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, Service
+from twisted.internet.defer import Deferred
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -190,3 +192,60 @@ class StopSignalsTests(SynchronousTestCase):
         self.addCleanup(top.stopService)
         top.startService()
         self.assertEqual(self.reactor.when_running, [top.stop_signals.install])
+
+
+class RecordedIdleGroup:
+    """Records when the service opens and closes its idle CPU group."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def open(self) -> str:
+        self.calls.append("open")
+        return "opened"
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class IdleGroupServiceTests(SynchronousTestCase):
+    """
+    The gateway opens its idle CPU group (C{mcpgw.cpugroup}) when it starts, where some
+    service would use it, and closes it once its children have ended.
+    """
+
+    def service(self, **sandbox: Any) -> tuple[GatewayService, RecordedIdleGroup]:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        services = {"notes": {"command": [sys.executable, "srv.py"], **sandbox}}
+        options = Options()
+        options.parseOptions(["-c", gateway_config(directory, services=services)])
+        top = GatewayService(options["gateway_config"])
+        top.idle_group = group = RecordedIdleGroup()  # type: ignore[assignment]
+        return top, group
+
+    def test_open_then_close(self) -> None:
+        """Opened on start; closed once the other services have stopped."""
+        top, group = self.service()
+        children: Deferred[None] = Deferred()
+
+        class Children(Service):
+            def stopService(self) -> Deferred[None]:
+                super().stopService()  # type: ignore[no-untyped-call]
+                return children
+
+        Children().setServiceParent(top)  # type: ignore[no-untyped-call]
+        top.startService()
+        self.assertEqual(group.calls, ["open"])
+        stopped = top.stopService()
+        self.assertEqual(group.calls, ["open"])
+        children.callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(group.calls, ["open", "close"])
+
+    def test_not_used(self) -> None:
+        """No service lowers its starting children (C{startup_nice} 0): not opened."""
+        top, group = self.service(sandbox={"resource_limits": {"startup_nice": 0}})
+        top.startService()
+        self.successResultOf(top.stopService())
+        self.assertEqual(group.calls, ["close"])
