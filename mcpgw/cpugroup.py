@@ -34,14 +34,18 @@ reactor would wait with it. A move that fails (the process is gone) is not retri
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
-from twisted.python.threadpool import ThreadPool
+from mcpgw.logs import Logger
+
+log = Logger()
 
 PROC = "/proc"
 PREFIX = "mcpgw-idle-"
@@ -132,7 +136,7 @@ class IdleGroup:
         self._proc = proc
         self._write = write
         self._threaded = threaded
-        self._pool: ThreadPool | None = None
+        self._mover: _Serial | None = None
         self.path: str | None = None
 
     @property
@@ -159,8 +163,7 @@ class IdleGroup:
             return f"cannot use {path}: {e.strerror or e}"
         self.path = path
         if self._threaded:
-            self._pool = ThreadPool(minthreads=0, maxthreads=1, name="mcpgw-cpugroup")
-            self._pool.start()
+            self._mover = _Serial("mcpgw-cpugroup")
         return f"children start and stop in {path} (cpu.idle)"
 
     def _probe(self, path: str, home: str) -> None:
@@ -202,16 +205,16 @@ class IdleGroup:
     def close(self) -> None:
         """Make the moves asked for, then move back what is left and remove the group."""
         path, self.path = self.path, None
-        pool, self._pool = self._pool, None
+        mover, self._mover = self._mover, None
         if path is not None:
-            if pool is not None:
-                pool.stop()
+            if mover is not None:
+                mover.stop()
             self._move_home(path, lambda pid: True)
             self._rmdir(path)
 
     def _run(self, function: Callable[..., None], *args: Any) -> None:
-        if self._pool is not None:
-            self._pool.callInThread(function, *args)
+        if self._mover is not None:
+            self._mover.run(function, *args)
         else:
             function(*args)
 
@@ -272,6 +275,36 @@ class IdleGroup:
             os.rmdir(path)
         except OSError:
             pass
+
+
+class _Serial:
+    """
+    One thread that runs the functions it is given, in order (``queue.SimpleQueue``: a put
+    costs the reactor a microsecond, where a Twisted thread pool's dispatch cost tens). A
+    daemon thread, so a group never closed cannot keep the process from exiting.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, function: Callable[..., None], *args: Any) -> None:
+        self._queue.put((function, args))
+
+    def stop(self) -> None:
+        """Run what was given, then end the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            function, args = item
+            try:
+                function(*args)
+            except Exception:  # noqa: BLE001 - logged; the moves after it still run
+                log.failure("while moving processes between CPU groups")
 
 
 def _alive(pid: int) -> bool:

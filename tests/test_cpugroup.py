@@ -283,6 +283,22 @@ class IdleGroupTests(SynchronousTestCase):
         group.close()
         self.assertIn(31, self.fake.members(self.home))
 
+    def test_threaded_failure(self) -> None:
+        """A move that fails unexpectedly is logged; the moves after it are still made."""
+
+        def write(path: str, text: str) -> None:
+            if text == "13":
+                raise RuntimeError("unexpected")
+            self.fake.write(path, text)
+
+        group = IdleGroup(self.home, self.proc, write=write)
+        group.open()
+        group.enter(13)
+        group.enter(14)
+        group.close()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn((f"{self.name}/cgroup.procs", "14"), self.fake.writes)
+
     def test_close(self) -> None:
         """C{close} moves back whatever is left and no longer uses the group."""
         self.group.open()
