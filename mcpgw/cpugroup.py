@@ -24,12 +24,13 @@ removed too.
 
 A child's whole process is moved (``cgroup.procs``): its first process when it is spawned
 (``enter``; the launch chain's ``dash`` step moves itself there before that, first thing,
-``mcpgw.sandbox.shell_launch``), every process of its session once it serves (``release``: what it started
-meanwhile was born in the group, and what it forks during the move too: the group is read
-again until none of them is left), and its first process again when it is told to stop. The
-moves are made in order in a thread of the group's own: a move takes 10 microseconds, but
-now and then the kernel makes it wait for an RCU grace period (8 ms seen here), and the
-reactor would wait with it. A move that fails (the process is gone) is not retried.
+``mcpgw.sandbox.shell_launch``), every process of its session once it serves (``release``:
+what it started meanwhile was born in the group, and what it forks during the move too: the
+group is read again until none of them is left), and its first process again when it is
+told to stop. The moves are made in order in a thread of the group's own: a move takes 10
+microseconds, but now and then the kernel makes it wait for an RCU grace period (8 ms seen
+here), and the reactor would wait with it. A move that fails (the process is gone) is not
+retried.
 """
 
 from __future__ import annotations
