@@ -172,11 +172,7 @@ class MCPServer:
         service = self._service
         try:
             launch = sandbox.prepare_launch(
-                service,
-                self._sandbox_root,
-                self._environ,
-                tools=self._tools,
-                idle_procs=self._idle_procs(),
+                service, self._sandbox_root, self._environ, tools=self._tools
             )
         except OSError as e:
             raise StartupFailed(f"cannot make a private directory for {self.name!r}: {e}") from e
@@ -272,13 +268,6 @@ class MCPServer:
             version=self.protocol_version,
             server_name=self.server_info.get("name"),
         )
-
-    def _idle_procs(self) -> str | None:
-        """The idle group's ``cgroup.procs``, if this child is to start there."""
-        group = self._idle_group
-        if group is None or group.path is None or not sandbox.startup_nice(self._service):
-            return None
-        return os.path.join(group.path, "cgroup.procs")
 
     # -- requests ----------------------------------------------------------------------------
 

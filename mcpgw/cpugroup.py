@@ -9,9 +9,9 @@ kernel still gave starting children two thirds of a core while four sessions cal
 and one client churned sessions, because a core running one of them does not count as free
 for a task that wakes up there. In a CPU group with ``cpu.idle`` = 1 the scheduler treats
 them like ``SCHED_IDLE`` tasks: such a core counts as free, and a task waking up takes it at
-once. ``../shared/bench`` scenario g (2 cores, 5 rounds A/B): the steady sessions kept 80 %
-of their rate rather than 59 %, their p99 3.5 ms rather than 5.4; an idle machine starts a
-child as fast (first call 21.8 and 22.1 ms).
+once. ``../shared/bench`` scenario g (2 cores, 5 rounds A/B): the steady sessions kept 74 to
+80 % of their rate rather than 59 to 61 %, their p99 3.6 ms rather than 5.1 to 5.5; an idle
+machine starts a child as fast (first call 19.7 and 19.8 ms).
 
 ``IdleGroup.open()`` (once the gateway runs as its final user and process) makes the group
 ``mcpgw-idle-<gateway pid>`` next to the gateway's own group of the ``cpu`` controller: cgroup
@@ -23,14 +23,15 @@ what is left and removes the group; the groups of gateways that are gone are emp
 removed too.
 
 A child's whole process is moved (``cgroup.procs``): its first process when it is spawned
-(``enter``; the launch chain's ``dash`` step moves itself there before that, first thing,
-``mcpgw.sandbox.shell_launch``), every process of its session once it serves (``release``:
-what it started meanwhile was born in the group, and what it forks during the move too: the
-group is read again until none of them is left), and its first process again when it is
-told to stop. The moves are made in order in a thread of the group's own: a move takes 10
-microseconds, but now and then the kernel makes it wait for an RCU grace period (8 ms seen
-here), and the reactor would wait with it. A move that fails (the process is gone) is not
-retried.
+(``enter``), every process of its session once it serves (``release``: what it started
+meanwhile was born in the group, and what it forks during the move too: the group is read
+again until none of them is left), and its first process again when it is told to stop.
+The moves are made in order in a thread of the group's own: a move takes 10 microseconds
+while moves follow each other closely, but one made after a quiet spell waits for an RCU
+grace period (the kernel's cgroup lock; 8 to 13 ms here), and the reactor would wait with
+it. (The child moving itself, first thing in its launch chain, paid that wait in every
+first call on an idle machine: 16.4 -> 29.3 ms.) A move that fails (the process is gone)
+is not retried.
 """
 
 from __future__ import annotations

@@ -303,20 +303,11 @@ def shell_can_run(
 
 
 def shell_launch(
-    shell: str,
-    limits: list[tuple[str, int]],
-    working_dir: str,
-    env: Mapping[str, str],
-    idle_procs: str | None = None,
+    shell: str, limits: list[tuple[str, int]], working_dir: str, env: Mapping[str, str]
 ) -> list[str]:
     """
     ``dash -c SCRIPT mcpgw-launch ARG...``, to be followed by the command: the script sets
     each limit (soft and hard) and the directory from its arguments, then execs the rest.
-
-    With ``idle_procs`` (the idle CPU group's ``cgroup.procs``, ``mcpgw.cpugroup``) it first
-    moves itself there, before the command's start-up work (the gateway's own move, made in a
-    thread that waits for the GIL, came 6 ms after the spawn under load); a refused move
-    (another user) is ignored: the gateway's move follows.
 
     ``cd`` makes the shell export ``PWD`` and ``OLDPWD``: the script puts back what ``env``
     (the child's environment) holds, so the command gets exactly ``env``, as from the other
@@ -329,8 +320,6 @@ def shell_launch(
         args.append(value)
         return f'"${len(args)}"'
 
-    if idle_procs is not None:
-        steps.append(f"{{ echo $$ >{arg(idle_procs)}; }} 2>/dev/null || :")
     for name, value in limits:
         option, unit = SHELL_LIMITS[name]
         steps.append(f"ulimit -{option} {arg(str(value // unit))}")
@@ -404,7 +393,6 @@ def build_tools_argv(
     euid: int,
     tools: Tools,
     env: Mapping[str, str] | None = None,
-    idle_procs: str | None = None,
 ) -> tuple[str, ...]:
     """The util-linux chain's command line, ending with ``--`` and the service's command."""
     sandbox = service.sandbox
@@ -425,7 +413,7 @@ def build_tools_argv(
             argv.extend((f"--reuid={uid}", f"--regid={gid}", "--clear-groups"))
         argv.extend(("--pdeathsig", "TERM", "--"))
     if tools.shell is not None:
-        argv.extend(shell_launch(tools.shell, limits, working_dir, env or {}, idle_procs))
+        argv.extend(shell_launch(tools.shell, limits, working_dir, env or {}))
     else:
         argv.extend((tools.env, "-C", working_dir, "--"))
     argv.extend(service.command)
@@ -503,15 +491,12 @@ def prepare_launch(
     euid: int | None = None,
     python: str = sys.executable,
     tools: Tools | None = None,
-    idle_procs: str | None = None,
 ) -> Launch:
     """
     Make the private directory and describe the spawn of ``service``'s child.
 
     @param tools: the util-linux chain to use when it can (``find_tools``); ``None``: the
         Python launcher.
-    @param idle_procs: the chain's ``dash`` step moves the child there first (see
-        ``shell_launch``).
     @raise OSError: the directory could not be made (nothing is left behind).
     """
     if euid is None:
@@ -525,7 +510,7 @@ def prepare_launch(
         if drops_privileges(service, euid):
             env.update(user_env(service, env))
         if tools is not None and can_use_tools(service.command, working_dir, env):
-            argv = build_tools_argv(service, working_dir, euid, tools, env, idle_procs)
+            argv = build_tools_argv(service, working_dir, euid, tools, env)
             launcher = "util-linux"
         else:
             argv = build_argv(service, working_dir, euid, python, env=env)

@@ -19,7 +19,7 @@ from zope.interface import implementer
 import mcpgw
 from mcpgw import sandbox
 from mcpgw.client import MCPServer
-from mcpgw.config import ResourceLimits, SandboxConfig, ServiceConfig
+from mcpgw.config import SandboxConfig, ServiceConfig
 from mcpgw.errors import CallTimeout, ChildFailed, InvalidResult, JsonRpcError, StartupFailed
 from tests.fake_process import FakeProcessReactor, FakeProcessTransport
 
@@ -94,7 +94,6 @@ class StartTests(ClientTestsMixin, SynchronousTestCase):
         class Group:
             def __init__(self, usable: bool) -> None:
                 self.usable = usable
-                self.path = "/cg/idle" if usable else None
 
         self.patch(mcpgw.client, "ChildPriority", Recorded)
         slices = object()
@@ -134,38 +133,6 @@ class StartTests(ClientTestsMixin, SynchronousTestCase):
                 (pids[5], 19, slices, None, True),
             ],
         )
-
-    def test_idle_group_in_chain(self) -> None:
-        """
-        With the idle CPU group open, the launch chain moves the child there itself (its
-        C{cgroup.procs} among the chain's arguments); not before it is open, nor for a
-        service whose starting children keep their priority (C{startup_nice} 0).
-        """
-
-        class Group:
-            path: str | None = None
-            usable = False
-
-            def enter(self, pid: int) -> None:
-                pass
-
-        group = Group()
-        tools = sandbox.Tools(setsid="/u/setsid", prlimit="/u/prlimit", setpriv="/u/setpriv",
-                              env="/c/env", shell="/bin/sh")  # fmt: skip
-        for nice, path in ((19, None), (19, "/cg/idle"), (0, "/cg/idle")):
-            group.path, group.usable = path, path is not None
-            limits = ResourceLimits(startup_nice=nice)
-            service = ServiceConfig(
-                name="svc", command=("sh",), sandbox=SandboxConfig(resource_limits=limits)
-            )
-            MCPServer(
-                self.reactor, service, self.root, {"PATH": "/bin"}, tools=tools,
-                idle_group=group,  # type: ignore[arg-type]
-            ).start()  # fmt: skip
-        chains = [spawn["args"] for spawn in self.reactor.spawned]
-        self.assertEqual(["/cg/idle/cgroup.procs" in args for args in chains],
-                         [False, True, False])  # fmt: skip
-        self.assertTrue(all("/bin/sh" in args for args in chains))
 
     def test_spawn_arguments(self) -> None:
         """

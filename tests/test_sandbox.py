@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import sys
 from unittest import SkipTest
 
@@ -429,55 +428,6 @@ class ShellArgvTests(SynchronousTestCase):
              'cd -- "$1" && unset PWD && unset OLDPWD && shift 1 && exec "$@"',
              "mcpgw-launch", "/w", "srv", "a"),
         )  # fmt: skip
-
-
-class ShellIdleGroupTests(SynchronousTestCase):
-    """The C{dash} step moves the child into the idle CPU group first (C{mcpgw.cpugroup})."""
-
-    tools = attrs.evolve(TOOLS, shell="/b/dash")
-
-    def test_first_step(self) -> None:
-        """The move comes first, its path an argument, a refusal ignored."""
-        svc = service(sandbox=SandboxConfig(enabled=False))
-        argv = sandbox.build_tools_argv(svc, "/w", 1000, self.tools, {}, "/cg/g 1/cgroup.procs")
-        self.assertEqual(
-            argv,
-            ("/u/setsid", "/b/dash", "-c",
-             '{ echo $$ >"$1"; } 2>/dev/null || : && cd -- "$2" && unset PWD && unset OLDPWD'
-             ' && shift 2 && exec "$@"',
-             "mcpgw-launch", "/cg/g 1/cgroup.procs", "/w", "srv", "a"),
-        )  # fmt: skip
-
-    def test_run(self) -> None:
-        """
-        Run for real: the file gets the shell's pid (the command's, as it execs in place);
-        a file that cannot be written stops nothing.
-        """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        procs = os.path.join(directory, "cgroup.procs")
-        argv = sandbox.shell_launch("/bin/sh", [], directory, {}, procs)
-        script = "import os; print(os.getpid())"
-        out = subprocess.run([*argv, sys.executable, "-c", script], capture_output=True)
-        with open(procs) as f:
-            self.assertEqual(f.read(), out.stdout.decode())
-        argv = sandbox.shell_launch("/bin/sh", [], directory, {}, "/nonexistent/cgroup.procs")
-        out = subprocess.run([*argv, "echo", "ran"], capture_output=True)
-        self.assertEqual((out.returncode, out.stdout, out.stderr), (0, b"ran\n", b""))
-
-    def test_prepare(self) -> None:
-        """C{prepare_launch} hands it to the chain; the Python launcher has no such step."""
-        root = os.path.abspath(self.mktemp())
-        tools = attrs.evolve(self.tools, env="/usr/bin/env")
-        chain = sandbox.prepare_launch(
-            ServiceConfig(name="svc", command=("sh",)), root, {"PATH": "/bin:/usr/bin"},
-            euid=1000, tools=tools,
-            idle_procs="/cg/procs",
-        )  # fmt: skip
-        self.assertEqual(chain.launcher, "util-linux")
-        self.assertIn("/cg/procs", chain.argv)
-        python = sandbox.prepare_launch(service(), root, {}, euid=1000, idle_procs="/cg/procs")
-        self.assertNotIn("/cg/procs", python.argv)
 
 
 class ShellFallbackTests(SynchronousTestCase):
