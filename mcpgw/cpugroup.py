@@ -9,8 +9,8 @@ kernel still gave starting children two thirds of a core while four sessions cal
 and one client churned sessions, because a core running one of them does not count as free
 for a task that wakes up there. In a CPU group with ``cpu.idle`` = 1 the scheduler treats
 them like ``SCHED_IDLE`` tasks: such a core counts as free, and a task waking up takes it at
-once. ``../shared/bench`` scenario g (2 cores, 5 rounds A/B): the steady sessions kept 74 to
-80 % of their rate rather than 59 to 61 %, their p99 3.6 ms rather than 5.1 to 5.5; an idle
+once. ``../shared/bench`` scenario g (2 cores, 5 rounds A/B): the steady sessions kept 71 to
+80 % of their rate rather than 59 to 61 %, their p99 3.5 ms rather than 4.9 to 5.5; an idle
 machine starts a child as fast (first call 19.7 and 19.8 ms).
 
 ``IdleGroup.open()`` (once the gateway runs as its final user and process) makes the group
