@@ -91,6 +91,31 @@ class GatewayInProcess(TestCase):
         counts = sorted(int(body["result"]) for code, body in results)
         self.assertEqual(counts, [1, 2, 3, 4, 5])
 
+    async def test_idle_group(self) -> None:
+        """
+        Where this machine lets the gateway make its idle CPU group (C{mcpgw.cpugroup}), a
+        child serving calls has left it, and the group is gone once the gateway stops.
+        """
+        group = self.service.idle_group
+        if group is None or group.path is None:
+            raise SkipTest("no idle cpu group here")
+        path = group.path
+        self.assertEqual((await self.call("echo", "ig", {"text": "x"}))[0], 200)
+        for _ in range(500):  # the tools probes' children end; the move out runs in a thread
+            children = processes_under(self.sandbox)
+            if len(children) == 1:
+                with open(f"/proc/{children[0]}/cgroup") as f:
+                    if os.path.basename(path) not in f.read():
+                        break
+            await deferLater(reactor, 0.01, lambda: None)
+        [pid] = children
+        name = os.path.basename(path)
+        with open(f"/proc/{pid}/cgroup") as f:
+            self.assertNotIn(name, f.read())
+        self.assertTrue(os.path.isdir(path))
+        await self.service.stopService()
+        self.assertFalse(os.path.exists(path))
+
     async def test_multiplexed_calls(self) -> None:
         """Concurrent calls on one session are multiplexed: slow ones do not block others."""
         await self.call("echo", "mx", {"text": "warm"})
