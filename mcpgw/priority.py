@@ -153,8 +153,7 @@ class ChildPriority:
         self._clock = clock
         self._idle_group = idle_group
         self._weight_groups = weight_groups
-        #: The child started in the idle group; ``idle``: it is in it now.
-        self.uses_idle_group = False
+        #: The child is in the idle group now.
         self.idle = False
         self._pid = pid
         self._nice = nice
@@ -175,10 +174,15 @@ class ChildPriority:
         #: The nice value last set on the child's group.
         self.group_nice = 0
 
+    @property
+    def uses_idle_group(self) -> bool:
+        """The child starts and stops in the idle group (rather than weighted groups)."""
+        return self._idle_group is not None
+
     def start(self) -> None:
         if self._idle_group is not None:
             self._idle_group.enter(self._pid)
-            self.uses_idle_group = self.idle = True
+            self.idle = True
             return
         if not self._weight_groups:
             return
@@ -188,8 +192,8 @@ class ChildPriority:
 
     def serving(self) -> None:
         self._serving = True
-        if self.uses_idle_group:
-            if self.idle and not self._ended and self._idle_group is not None:
+        if self._idle_group is not None:
+            if self.idle and not self._ended:
                 self._idle_group.release(self._pid)  # it leads its session
             self.idle = False
             return
@@ -200,8 +204,8 @@ class ChildPriority:
 
     def stopping(self) -> None:
         self._serving = False
-        if self.uses_idle_group:
-            if not self.idle and not self._ended and self._idle_group is not None:
+        if self._idle_group is not None:
+            if not self.idle and not self._ended:
                 self._idle_group.enter(self._pid)
                 self.idle = True
             return
