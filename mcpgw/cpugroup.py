@@ -57,12 +57,14 @@ PREFIX = "mcpgw-idle-"
 RELEASE_PASSES = 5
 
 
-def _read(path: str) -> str:
+def read_control(path: str) -> str:
+    """The text of a kernel control file (``/proc``, cgroup files)."""
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.read()
 
 
-def _write(path: str, text: str) -> None:
+def write_control(path: str, text: str) -> None:
+    """Write ``text`` to a kernel control file in one ``write`` (C{OSError} if refused)."""
     fd = os.open(path, os.O_WRONLY)
     try:
         os.write(fd, text.encode("ascii"))
@@ -76,8 +78,8 @@ def cpu_cgroup_dir(proc: str = PROC) -> str | None:
     hierarchy that has it, else under the cgroup v2 one when that has the controller.
     """
     try:
-        mounts = _read(f"{proc}/self/mountinfo").splitlines()
-        groups = _read(f"{proc}/self/cgroup").splitlines()
+        mounts = read_control(f"{proc}/self/mountinfo").splitlines()
+        groups = read_control(f"{proc}/self/cgroup").splitlines()
     except OSError:
         return None
     own: dict[str, str] = {}  # controllers ("" for v2) -> path
@@ -109,7 +111,7 @@ def cpu_cgroup_dir(proc: str = PROC) -> str | None:
 
 def _v2_cpu_delegated(directory: str) -> bool:
     try:
-        return "cpu" in _read(os.path.join(directory, "cgroup.subtree_control")).split()
+        return "cpu" in read_control(os.path.join(directory, "cgroup.subtree_control")).split()
     except OSError:
         return False
 
@@ -132,7 +134,7 @@ class IdleGroup:
         self,
         home: str | None = None,
         proc: str = PROC,
-        write: Callable[[str, str], None] = _write,
+        write: Callable[[str, str], None] = write_control,
         threaded: bool = True,
     ) -> None:
         self._home = home
@@ -237,7 +239,7 @@ class IdleGroup:
         if self._home is None:
             return 0
         try:
-            pids = [int(pid) for pid in _read(os.path.join(group, "cgroup.procs")).split()]
+            pids = [int(pid) for pid in read_control(os.path.join(group, "cgroup.procs")).split()]
         except (OSError, ValueError):
             return 0
         pids.sort(key=lambda pid: pid != first)
@@ -253,7 +255,7 @@ class IdleGroup:
 
     def _session_of(self, pid: int) -> int | None:
         try:
-            stat = _read(f"{self._proc}/{pid}/stat")
+            stat = read_control(f"{self._proc}/{pid}/stat")
             return int(stat.rsplit(")", 1)[1].split()[3])
         except (OSError, IndexError, ValueError):
             return None

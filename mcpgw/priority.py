@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from mcpgw.cpugroup import IdleGroup
+from mcpgw.cpugroup import IdleGroup, read_control, write_control
 from mcpgw.timeslice import SHORTEST, Slices
 
 PROC = "/proc"
@@ -85,8 +85,7 @@ def can_weight_groups(
 
 def _read_autogroup(pid: int | str, proc: str) -> str | None:
     try:
-        with open(f"{proc}/{pid}/autogroup", "rb") as f:
-            return f.read().decode("ascii", "replace")
+        return read_control(f"{proc}/{pid}/autogroup")
     except OSError:
         return None
 
@@ -110,15 +109,9 @@ def autogroup_nice(pid: int | str, proc: str = PROC) -> int | None:
 def set_autogroup_nice(pid: int | str, nice: int, proc: str = PROC) -> bool:
     """Set the nice value of ``pid``'s autogroup; ``False`` when it cannot be done."""
     try:
-        fd = os.open(f"{proc}/{pid}/autogroup", os.O_WRONLY)
+        write_control(f"{proc}/{pid}/autogroup", str(nice))
     except OSError:
         return False
-    try:
-        os.write(fd, str(nice).encode("ascii"))
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
     return True
 
 

@@ -351,19 +351,20 @@ class RealGroupTests(SynchronousTestCase):
         self.group.enter(child.pid)
         name = os.path.basename(self.group.path)
         self.assertTrue(self.group_of(child.pid).endswith(name))
-        self.assertEqual(cpugroup._read(os.path.join(self.group.path, "cpu.idle")).strip(), "1")
+        idle = cpugroup.read_control(os.path.join(self.group.path, "cpu.idle"))
+        self.assertEqual(idle.strip(), "1")
         assert child.stdin is not None
         child.stdin.write(b"go\n")  # now it starts its own child, in the group
         child.stdin.flush()
         procs: list[str] = []
         for _ in range(500):  # the grandchild, started in the group
-            procs = cpugroup._read(os.path.join(self.group.path, "cgroup.procs")).split()
+            procs = cpugroup.read_control(os.path.join(self.group.path, "cgroup.procs")).split()
             if len(procs) == 2:
                 break
             time.sleep(0.01)
         self.assertEqual(len(procs), 2)
         self.group.release(child.pid)
-        self.assertEqual(cpugroup._read(os.path.join(self.group.path, "cgroup.procs")), "")
+        self.assertEqual(cpugroup.read_control(os.path.join(self.group.path, "cgroup.procs")), "")
         self.assertEqual(self.group_of(child.pid), home)
         path = self.group.path
         self.group.close()
@@ -392,5 +393,5 @@ class RealGroupTests(SynchronousTestCase):
         child.stdin.flush()
         time.sleep(0.05)  # it forks meanwhile
         self.group.release(child.pid)
-        left = cpugroup._read(os.path.join(self.group.path, "cgroup.procs")).split()
+        left = cpugroup.read_control(os.path.join(self.group.path, "cgroup.procs")).split()
         self.assertEqual(left, [])
