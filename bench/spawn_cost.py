@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
-from mcpgw import sandbox
+from mcpgw import launchers
 from mcpgw.client import MCPServer
 from mcpgw.config import SandboxConfig, ServiceConfig
 
@@ -41,7 +41,9 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         command=(sys.executable, "-S", args.server),
         sandbox=SandboxConfig(enabled=args.sandbox == "on"),
     )
-    tools, how = sandbox.find_tools() if args.launcher == "auto" else (None, "the Python launcher")
+    tools, how = (
+        launchers.find_tools() if args.launcher == "auto" else (None, "the Python launcher")
+    )
     root = tempfile.mkdtemp(prefix="mcpgw-bench-")
     first: list[float] = []
     stops: list[float] = []

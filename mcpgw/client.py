@@ -30,7 +30,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 import mcpgw
-from mcpgw import sandbox
+from mcpgw import launchers, sandbox
 from mcpgw.child import MCPChildProtocol
 from mcpgw.config import ServiceConfig
 from mcpgw.cpugroup import IdleGroup
@@ -53,7 +53,7 @@ class MCPServer:
     exiting has been read (a response still in the pipe completes its call), at most
     ``drain_grace`` s after the exit. ``on_tools_changed()`` on every
     ``notifications/tools/list_changed``. ``tools``: the util-linux launch chain
-    (``sandbox.find_tools``), else the Python launcher. ``weight_groups``: lower the child's
+    (``launchers.find_tools``), else the Python launcher. ``weight_groups``: lower the child's
     autogroup weight while it starts and stops; ``slices``: with that, also give it the
     shortest time slice while it starts, unless it switches user (``mcpgw.priority``).
     ``idle_group``: once usable, the child starts and stops in it instead (``mcpgw.cpugroup``).
@@ -82,7 +82,7 @@ class MCPServer:
         environ: Mapping[str, str],
         on_tools_changed: Callable[[], None] | None = None,
         on_exit: Callable[[str], None] | None = None,
-        tools: sandbox.Tools | None = None,
+        tools: launchers.Tools | None = None,
         weight_groups: bool = False,
         slices: Slices | None = None,
         idle_group: IdleGroup | None = None,
@@ -200,7 +200,7 @@ class MCPServer:
         if nice and (self._weight_groups or idle) and self._pgid is not None:
             # A child that switches user may be out of the gateway's reach once it serves
             # (root in a user namespace may not change another user's task).
-            switches = sandbox.drops_privileges(service, os.geteuid())
+            switches = launchers.drops_privileges(service, os.geteuid())
             slices = None if switches else self._slices
             self._priority = ChildPriority(
                 self._clock,

@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 
 from twisted.internet.defer import Deferred
 
-from mcpgw import sandbox
+from mcpgw import launchers
 from mcpgw.config import ServiceConfig
 from mcpgw.cpugroup import IdleGroup
 from mcpgw.logs import Logger
@@ -53,14 +53,14 @@ def mcp_server_factory(
     reactor: Any,
     sandbox_root: str,
     environ: Mapping[str, str],
-    tools: sandbox.Tools | Literal["auto"] | None = "auto",
+    tools: launchers.Tools | Literal["auto"] | None = "auto",
     idle_group: IdleGroup | None = None,
 ) -> ServerFactory:
     """
     The real factory: ``mcpgw.client.MCPServer`` children under ``sandbox_root``.
 
     @param tools: the util-linux launch chain; ``"auto"`` (the default): found and checked
-        once per process (``sandbox.default_tools``, a trial run of a few milliseconds, at
+        once per process (``launchers.default_tools``, a trial run of a few milliseconds, at
         startup); ``None``: the Python launcher.
     @param idle_group: where children start and stop, once open (``mcpgw.cpugroup``).
     """
@@ -68,9 +68,9 @@ def mcp_server_factory(
     from mcpgw.priority import can_weight_groups
     from mcpgw.timeslice import available_slices
 
-    chain: sandbox.Tools | None
+    chain: launchers.Tools | None
     if tools == "auto":
-        chain, how = sandbox.default_tools()
+        chain, how = launchers.default_tools()
         log.info("MCP server children are launched with {how}", how=how)
     else:
         chain = tools

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 import mcpgw
-from mcpgw import sandbox
+from mcpgw import launchers
 from mcpgw.client import MCPServer
 from mcpgw.config import SandboxConfig, ServiceConfig
 from mcpgw.errors import CallTimeout, ChildFailed, InvalidResult, JsonRpcError, StartupFailed
@@ -143,7 +143,7 @@ class StartTests(ClientTestsMixin, SynchronousTestCase):
         server.start()
         spawned = self.reactor.spawned[0]
         self.assertEqual(spawned["executable"], sys.executable)
-        self.assertEqual(spawned["args"][:4], [sys.executable, "-S", "-I", sandbox.LAUNCHER])
+        self.assertEqual(spawned["args"][:4], [sys.executable, "-S", "-I", launchers.LAUNCHER])
         self.assertEqual(spawned["args"][-3:], ["--", "my-server", "--flag"])
         self.assertEqual((spawned["path"], spawned["uid"], spawned["gid"]), (None, None, None))
         self.assertEqual(spawned["env"]["HOME"], server.private_dir)
@@ -155,7 +155,7 @@ class StartTests(ClientTestsMixin, SynchronousTestCase):
         Given the util-linux tools, a command that can be found is spawned through the
         chain; still an explicit env, and no path, uid or gid (the posix_spawn path).
         """
-        tools = sandbox.Tools(setsid="/u/setsid", prlimit="/u/prlimit", setpriv="/u/setpriv",
+        tools = launchers.Tools(setsid="/u/setsid", prlimit="/u/prlimit", setpriv="/u/setpriv",
                               env="/c/env")  # fmt: skip
         service = ServiceConfig(name="svc", command=(sys.executable, "srv.py"))
         server = MCPServer(self.reactor, service, self.root, {"PATH": "/bin"}, tools=tools)
@@ -644,12 +644,12 @@ class FactoryTests(SynchronousTestCase):
 
     def test_tools(self) -> None:
         """Given tools: the chain."""
-        tools = sandbox.Tools(setsid="/u/setsid", prlimit="/u/prlimit", setpriv="/u/setpriv",
+        tools = launchers.Tools(setsid="/u/setsid", prlimit="/u/prlimit", setpriv="/u/setpriv",
                               env="/c/env")  # fmt: skip
         self.assertEqual(self.spawned_with(tools), "/u/setsid")
 
     def test_auto(self) -> None:
         """By default, whatever this machine supports (found once per process)."""
-        tools, _ = sandbox.default_tools()
+        tools, _ = launchers.default_tools()
         expected = sys.executable if tools is None else tools.setsid
         self.assertEqual(self.spawned_with("auto"), expected)

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from mcpgw import priority, sandbox, timeslice
+from mcpgw import launchers, priority, timeslice
 from mcpgw.client import MCPServer
 from mcpgw.config import ResourceLimits, SandboxConfig, ServiceConfig
 from mcpgw.errors import ChildFailed, JsonRpcError, StartupFailed
@@ -73,7 +73,7 @@ class RealProcessTests(TestCase):
     """C{MCPServer} against real child processes, through the Python launcher."""
 
     timeout = 60
-    tools: sandbox.Tools | None = None
+    tools: launchers.Tools | None = None
     launcher = "python"
 
     def setUp(self) -> None:
@@ -449,7 +449,7 @@ class UtilLinuxProcessTests(RealProcessTests):
     launcher = "util-linux"
 
     def setUp(self) -> None:
-        tools, how = sandbox.default_tools()
+        tools, how = launchers.default_tools()
         if tools is None:
             raise SkipTest(f"this machine uses {how}")
         self.tools = tools

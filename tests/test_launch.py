@@ -18,7 +18,7 @@ from twisted.internet import reactor as _global_reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from mcpgw import _launch, sandbox
+from mcpgw import _launch, launchers, sandbox
 from mcpgw.config import ResourceLimits, SandboxConfig, ServiceConfig
 
 reactor: Any = _global_reactor
@@ -313,7 +313,7 @@ class RealLaunchTests(TestCase):
             'ulimit -n; ulimit -t; pwd; grep SigIgn /proc/self/status; '
             'ps -o pid=,pgid=,sid= -p $$'
         )  # fmt: skip
-        args = ["-S", "-I", sandbox.LAUNCHER, "--nofile=64", "--cpu=7", "--pdeathsig",
+        args = ["-S", "-I", launchers.LAUNCHER, "--nofile=64", "--cpu=7", "--pdeathsig",
                 f"--cwd={workdir}", "--", "sh", "-c", script]  # fmt: skip
         out, err, code = await getProcessOutputAndValue(
             sys.executable, args, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -331,7 +331,7 @@ class RealLaunchTests(TestCase):
     async def test_real_failure(self) -> None:
         """A missing command: exit status 127 and one line on stderr."""
         _, err, code = await getProcessOutputAndValue(
-            sys.executable, ["-S", "-I", sandbox.LAUNCHER, "--", "/no/such/cmd"], env={}
+            sys.executable, ["-S", "-I", launchers.LAUNCHER, "--", "/no/such/cmd"], env={}
         )
         self.assertEqual(code, 127)
         self.assertEqual(err.count(b"\n"), 1)
@@ -346,7 +346,7 @@ class RealLaunchTests(TestCase):
         for extra, option in (({}, []), ({"LC_CTYPE": "C"}, ["--lc-ctype=C"])):
             env = {"PATH": path, "LANG": "C", **extra}
             out, err, code = await getProcessOutputAndValue(
-                sys.executable, ["-S", "-I", sandbox.LAUNCHER, *option, "--", "env"], env=env
+                sys.executable, ["-S", "-I", launchers.LAUNCHER, *option, "--", "env"], env=env
             )
             self.assertEqual((code, err), (0, b""))
             self.assertEqual(dict(line.split("=", 1) for line in out.decode().splitlines()), env)
@@ -362,7 +362,7 @@ class RealLaunchTests(TestCase):
         import pwd
 
         nobody = pwd.getpwnam("nobody")
-        args = ["-S", "-I", sandbox.LAUNCHER, "--pdeathsig", "--user=nobody", "--cwd=/", "--",
+        args = ["-S", "-I", launchers.LAUNCHER, "--pdeathsig", "--user=nobody", "--cwd=/", "--",
                 "id", "-u"]  # fmt: skip
         out, err, code = await getProcessOutputAndValue(
             sys.executable, args, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -374,14 +374,14 @@ class EnvParityTests(TestCase):
     """Both launch paths give the child the same environment (SPEC 6 C{restricted_env})."""
 
     def setUp(self) -> None:
-        tools, how = sandbox.default_tools()
+        tools, how = launchers.default_tools()
         if tools is None:
             raise SkipTest(f"this machine uses {how}")
         self.tools = tools
         self.root = os.path.abspath(self.mktemp())
 
     async def child_env(
-        self, tools: sandbox.Tools | None, environ: dict[str, str], restricted: bool = True
+        self, tools: launchers.Tools | None, environ: dict[str, str], restricted: bool = True
     ) -> set[str]:
         service = ServiceConfig(
             name="t", command=("env",), sandbox=SandboxConfig(restricted_env=restricted)
@@ -427,7 +427,7 @@ class RealToolsTests(TestCase):
     """The util-linux chain run for real, spawned by the reactor on its posix_spawn path."""
 
     def setUp(self) -> None:
-        tools, how = sandbox.default_tools()
+        tools, how = launchers.default_tools()
         if tools is None:
             raise SkipTest(f"this machine uses {how}")
         self.tools = tools
@@ -441,7 +441,7 @@ class RealToolsTests(TestCase):
             command=("sh", "-c", script),
             sandbox=SandboxConfig(resource_limits=limits, **sandbox_options),
         )
-        argv = sandbox.build_tools_argv(service, self.workdir, os.geteuid(), self.tools)
+        argv = launchers.build_tools_argv(service, self.workdir, os.geteuid(), self.tools)
         out, err, code = await getProcessOutputAndValue(
             argv[0], argv[1:], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         )
