@@ -14,13 +14,16 @@ once. ``../shared/bench`` scenario g (2 cores, 5 rounds A/B): the steady session
 machine starts a child as fast (first call 19.7 and 19.8 ms).
 
 ``IdleGroup.open()`` (once the gateway runs as its final user and process) makes the group
-``mcpgw-idle-<gateway pid>`` next to the gateway's own group of the ``cpu`` controller: cgroup
+``mcpgw-idle-<pid namespace>-<gateway pid>`` next to the gateway's own group of the ``cpu``
+controller (the namespace's inode number: gateways in two containers may have one pid and
+share a cgroup directory): cgroup
 v1 (a hierarchy with ``cpu``), or cgroup v2 where the gateway's group may have children with
 the controller (the root group, as in a container). It checks that it may move processes
 there and back with a throwaway child (``sleep``), never the gateway itself. Where any of
 that fails, nothing is used and children get the autogroup weights. ``close()`` moves back
-what is left and removes the group; the groups of gateways that are gone are emptied and
-removed too.
+what is left and removes the group; the groups of gateways of the same pid namespace that
+are gone are emptied and removed too (another namespace's pids cannot be checked from here,
+so its groups are left alone).
 
 A child's whole process is moved (``cgroup.procs``): its first process when it is spawned
 (``enter``), every process of its session once it serves (``release``: what it started
@@ -70,6 +73,14 @@ def write_control(path: str, text: str) -> None:
         os.write(fd, text.encode("ascii"))
     finally:
         os.close(fd)
+
+
+def pid_namespace(proc: str = PROC) -> str:
+    """This process's pid namespace, as the inode number of its ``ns/pid`` ("0": unknown)."""
+    try:
+        return str(os.stat(f"{proc}/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
 
 
 def cpu_cgroup_dir(proc: str = PROC) -> str | None:
@@ -154,8 +165,9 @@ class IdleGroup:
         if home is None:
             return "no cpu control group to use"
         self._home = home
-        self._remove_stale()
-        path = os.path.join(home, f"{PREFIX}{os.getpid()}")
+        namespace = pid_namespace(self._proc)
+        self._remove_stale(namespace)
+        path = os.path.join(home, f"{PREFIX}{namespace}-{os.getpid()}")
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
@@ -260,16 +272,17 @@ class IdleGroup:
         except (OSError, IndexError, ValueError):
             return None
 
-    def _remove_stale(self) -> None:
-        """Remove the empty groups of gateways that are gone."""
+    def _remove_stale(self, namespace: str) -> None:
+        """Empty and remove the groups of this pid namespace's gateways that are gone."""
         assert self._home is not None
         try:
             names = os.listdir(self._home)
         except OSError:
             return
+        mine = f"{PREFIX}{namespace}-"
         for name in names:
-            owner = name[len(PREFIX) :]
-            if name.startswith(PREFIX) and owner.isdigit() and not _alive(int(owner)):
+            owner = name[len(mine) :]
+            if name.startswith(mine) and owner.isdigit() and not _alive(int(owner)):
                 stale = os.path.join(self._home, name)
                 self._move_home(stale, lambda pid: True)
                 self._rmdir(stale)

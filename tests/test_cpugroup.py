@@ -16,7 +16,7 @@ from collections.abc import Callable
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from mcpgw import cpugroup
-from mcpgw.cpugroup import PREFIX, IdleGroup, cpu_cgroup_dir
+from mcpgw.cpugroup import PREFIX, IdleGroup, cpu_cgroup_dir, pid_namespace
 
 #: Above the kernel's largest pid_max: never a live process.
 NO_SUCH_PID = 2**22 + 1
@@ -123,6 +123,18 @@ class FakeHierarchy:
                 self.moved_home(int(text))
 
 
+class PidNamespaceTests(SynchronousTestCase):
+    def test_own(self) -> None:
+        """The inode number of this process's C{ns/pid}, as the kernel shows it."""
+        if not os.path.exists("/proc/self/ns/pid"):
+            raise SkipTest("no /proc/self/ns/pid here")
+        self.assertEqual(pid_namespace(), str(os.stat("/proc/self/ns/pid").st_ino))
+
+    def test_unknown(self) -> None:
+        """No C{ns/pid} to read: "0"."""
+        self.assertEqual(pid_namespace(os.path.abspath(self.mktemp())), "0")
+
+
 class IdleGroupTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.home = os.path.abspath(self.mktemp())
@@ -130,7 +142,7 @@ class IdleGroupTests(SynchronousTestCase):
         self.proc = os.path.abspath(self.mktemp())
         self.fake = FakeHierarchy(self.home)
         self.group = IdleGroup(self.home, self.proc, write=self.fake.write, threaded=False)
-        self.path = os.path.join(self.home, f"{PREFIX}{os.getpid()}")
+        self.path = os.path.join(self.home, f"{PREFIX}0-{os.getpid()}")  # no ns in self.proc
         self.name = os.path.basename(self.path)
 
     def process(self, pid: int, session: int, group: str | None = None) -> None:
@@ -190,13 +202,14 @@ class IdleGroupTests(SynchronousTestCase):
 
     def test_stale_groups_removed(self) -> None:
         """
-        The groups of gateways that are gone are emptied into the gateway's and removed;
-        others are kept.
+        The groups of gateways of this pid namespace that are gone are emptied into the
+        gateway's and removed; others are kept, those of another namespace too.
         """
-        gone = os.path.join(self.home, f"{PREFIX}{NO_SUCH_PID}")
-        alive = os.path.join(self.home, f"{PREFIX}1")
+        gone = os.path.join(self.home, f"{PREFIX}0-{NO_SUCH_PID}")
+        alive = os.path.join(self.home, f"{PREFIX}0-1")
+        elsewhere = os.path.join(self.home, f"{PREFIX}4026531836-{NO_SUCH_PID}")
         other = os.path.join(self.home, "not-ours")
-        for path in (alive, other):
+        for path in (alive, elsewhere, other):
             os.makedirs(path)
         os.makedirs(gone)
         self.fake.put(gone, 77)
@@ -205,6 +218,7 @@ class IdleGroupTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(gone))
         self.assertIn(("cgroup.procs", "77"), self.fake.writes)
         self.assertTrue(os.path.isdir(alive))
+        self.assertTrue(os.path.isdir(elsewhere))
         self.assertTrue(os.path.isdir(other))
 
     def test_enter(self) -> None:
