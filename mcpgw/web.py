@@ -50,12 +50,18 @@ _REASONS = {429: b"Too Many Requests"}
 def write_json(
     request: IRequest, status: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> bytes:
-    """Set the status and headers of a JSON answer; the caller returns the bytes."""
+    """
+    Set the status and headers of a JSON answer; the caller returns (or writes) the bytes,
+    whole. With its ``Content-Length`` set here, an answer written later, once a child has
+    replied, goes out in one piece rather than chunked.
+    """
+    data = json_bytes(body)
     request.setResponseCode(status, _REASONS.get(status))
     request.setHeader(b"Content-Type", JSON_TYPE)
+    request.setHeader(b"Content-Length", b"%d" % len(data))
     for name, value in headers:
         request.setHeader(name, value)
-    return json_bytes(body)
+    return data
 
 
 def security_event(kind: str, **fields: Any) -> None:

@@ -5,6 +5,7 @@ shipped example MCP server, driven with treq over real HTTP and HTTPS.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -13,12 +14,14 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor, ssl
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from .configs import PASSWORD, USER, gateway_config
 from .gateway_process import GatewayProcess, gateway_argv, processes_under
+from .test_web import RawClient
 from .tls import make_chain
 
 AUTH = (USER, PASSWORD)
@@ -47,6 +50,19 @@ class EndToEndTests(TestCase):
         r = await client.post(f"{url}/services/notes/call", json=body, auth=AUTH)
         return r.code, json.loads(await r.text())
 
+    async def raw_call(self, url: str, tool: str, sid: str) -> bytes:
+        """One call over a raw connection: the answer's bytes as they came."""
+        body = json.dumps({"tool": tool, "session_id": sid}).encode()
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode())
+        client = RawClient(
+            b"POST /services/notes/call HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Basic " + auth + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+        port = int(url.rsplit(":", 1)[1])
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        return await client.closed
+
     async def test_plain(self) -> None:
         """
         The command serves the example server over HTTP: tools, calls keeping state within
@@ -68,6 +84,13 @@ class EndToEndTests(TestCase):
         self.assertEqual(body["result"], "1. milk\n2. eggs")
         code, body = await self.call(url, "list_notes", "call-b")
         self.assertEqual(body["result"], "No notes yet.")
+        # A call's answer, written once the child has replied, has its length, not chunks.
+        raw = await self.raw_call(url, "list_notes", "call-a")
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertIn(b"\r\nContent-Length: %d" % len(payload), head)
+        self.assertNotIn(b"Transfer-Encoding", head)
+        self.assertEqual(json.loads(payload)["result"], "1. milk\n2. eggs")
         self.assertTrue(processes_under(self.sandbox))
         r = await http.delete(f"{url}/sessions/call-a", auth=AUTH)
         self.assertEqual(r.code, 200)
