@@ -194,11 +194,10 @@ def build_service(
         server_factory = mcp_server_factory(
             reactor, config.session.sandbox_dir, environ, idle_group=top.idle_group
         )
-    factory = server_factory
     services = config.enabled_services
-    catalog = ToolsCatalog(services, factory)
+    catalog = ToolsCatalog(services, server_factory)
     catalog.setServiceParent(top)  # type: ignore[no-untyped-call]
-    sessions = SessionManager(reactor, services, config.session, factory)
+    sessions = SessionManager(reactor, services, config.session, server_factory)
     sessions.on_tools_changed = catalog.invalidate
     sessions.setServiceParent(top)  # type: ignore[no-untyped-call]
 
