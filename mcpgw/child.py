@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 
 from mcpgw.errors import ChildFailed, JsonRpcError
 from mcpgw.logs import Logger
+from mcpgw.sendnow import send_now
 
 METHOD_NOT_FOUND = -32601
 
@@ -57,30 +58,15 @@ def encode_message(message: dict[str, Any]) -> bytes:
 
 def write_stdin(transport: Any, data: bytes) -> None:
     """
-    Write ``data`` to a child's stdin at once when nothing is queued there, else queue it.
-
-    Twisted's process transport only queues a write and sends it on the reactor's next turn,
-    after three epoll changes (stop reading, start writing, then stop writing and start
-    reading again: its way of noticing a closed pipe): on every call, between the HTTP request
-    and the child. What the pipe does not take now is queued behind, in order; an error is
-    left for the queued write to meet and report (``writeToFD`` returns it, it never raises).
-    A transport without Twisted's pipes (a test's fake) is written to as usual.
+    Write ``data`` to a child's stdin at once when nothing is queued there, else queue it
+    (``mcpgw.sendnow``). A transport without Twisted's pipes (a test's fake) is written to as
+    usual.
     """
     pipes = getattr(transport, "pipes", None)
-    writer = pipes.get(0) if isinstance(pipes, dict) else None
-    if (
-        writer is not None
-        and writer.connected
-        and not writer.disconnecting
-        and len(writer.dataBuffer) == writer.offset
-        and not writer._tempDataBuffer
-    ):
-        written = writer.writeSomeData(data)
-        if isinstance(written, int) and written > 0:
-            if written == len(data):
-                return
-            data = data[written:]
-    transport.write(data)
+    if isinstance(pipes, dict):
+        data = send_now(pipes.get(0), data)
+    if data:
+        transport.write(data)
 
 
 def describe_exit(reason: Failure) -> str:
