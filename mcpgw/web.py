@@ -30,6 +30,7 @@ from mcpgw import logs
 from mcpgw.auth import Credentials, authenticate
 from mcpgw.jsonio import json_bytes
 from mcpgw.logs import Logger
+from mcpgw.sendnow import send_now
 
 log = Logger()
 
@@ -262,13 +263,47 @@ class GatewayRequest(Request):
 
 class GatewayChannel(HTTPChannel):
     """
-    An HTTP/1.1 connection that asks its transport only once what cannot change: its own
-    address (every request's ``Request.host``, a ``getsockname`` call) and whether it is TLS
-    (a zope adaptation, asked twice a request). No HTTP/2 negotiation: the API is HTTP/1.1.
+    An HTTP/1.1 connection that:
+
+    - asks its transport only once what cannot change: its own address (every request's
+      ``Request.host``, a ``getsockname`` call) and whether it is TLS (a zope adaptation,
+      asked twice a request);
+    - sends an answer's head and body in one write, made at once when nothing is queued on
+      the socket (``mcpgw.sendnow``): one segment (one TLS record) per answer, not sent a
+      reactor turn later (Twisted sets ``TCP_NODELAY``).
+
+    No HTTP/2 negotiation: the API is HTTP/1.1.
     """
 
     _host: Any = None
     _secure: bool | None = None
+    # The head of the answer being written, held until its body (or the request's end).
+    _head: list[bytes] | None = None
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self._head = head
+
+    def write(self, data: bytes) -> None:
+        self.writeSequence((data,))
+
+    def writeSequence(self, iovec: Sequence[bytes]) -> None:
+        head, self._head = self._head, None
+        data = b"".join(iovec if head is None else [*head, *iovec])
+        transport = self.transport
+        if transport is not None and data:
+            data = send_now(transport, data)
+            if data:
+                transport.write(data)
+
+    def requestDone(self, request: Any) -> None:
+        if self._head is not None:
+            self.writeSequence(())
+        super().requestDone(request)  # type: ignore[no-untyped-call]
 
     def getHost(self) -> Any:
         if self._host is None:

@@ -18,6 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from mcpgw.auth import Credentials
@@ -162,6 +163,88 @@ class GatewayChannelTests(SynchronousTestCase):
                 pass
 
         self.assertTrue(self.channel(TLSTransport()).isSecure())
+
+
+class Answers(Resource):
+    """``/whole`` with a length, ``/empty`` with none, ``/parts`` written in two pieces."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> Any:
+        if request.path == b"/whole":
+            request.setHeader(b"Content-Length", b"5")
+            return b"hello"
+        if request.path == b"/empty":
+            request.setResponseCode(204)
+            return b""
+        request.write(b"ab")
+        request.write(b"cd")
+        request.finish()
+        return NOT_DONE_YET
+
+
+class WriteRecorder(StringTransport):
+    """Keeps each write the channel makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def writeSequence(self, seq: Any) -> None:
+        self.write(b"".join(seq))
+
+
+class AnswerWriteTests(SynchronousTestCase):
+    """An answer's head goes out with its body, in one write."""
+
+    def exchange(self, path: bytes) -> list[bytes]:
+        site = GatewaySite(Answers(), max_body_bytes=1000)
+        channel = site.buildProtocol(None)
+        transport = WriteRecorder()
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        channel.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        return transport.writes
+
+    def test_head_and_body_together(self) -> None:
+        [answer] = self.exchange(b"/whole")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\nhello"), answer)
+
+    def test_head_alone_sent_when_the_request_ends(self) -> None:
+        [answer] = self.exchange(b"/empty")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 204 "), answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\n"), answer)
+
+    def test_chunked_answer_in_order(self) -> None:
+        writes = self.exchange(b"/parts")
+        self.assertEqual(len(writes), 3)
+        self.assertIn(b"Transfer-Encoding: chunked", writes[0])
+        self.assertTrue(writes[0].endswith(b"\r\n\r\n2\r\nab\r\n"), writes[0])
+        self.assertEqual(writes[1:], [b"2\r\ncd\r\n", b"0\r\n\r\n"])
+
+
+class RealSocketAnswerTests(TestCase):
+    """Over a real socket, answers written at once arrive whole and in order."""
+
+    async def test_keep_alive_answers(self) -> None:
+        site = GatewaySite(Answers(), max_body_bytes=1000)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        request = b"GET /whole HTTP/1.1\r\nHost: a\r\n\r\n"
+        client = RawClient(
+            request * 2 + b"GET /parts HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await connectProtocol(endpoint, client)
+        received = await client.closed
+        self.assertEqual(received.count(b"HTTP/1.1 200 OK"), 3)
+        self.assertEqual(received.count(b"\r\n\r\nhello"), 2)
+        self.assertTrue(received.endswith(b"2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"), received)
 
 
 class ParseJsonTests(SynchronousTestCase):
