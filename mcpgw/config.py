@@ -56,6 +56,8 @@ class ServiceConfig:
     sandbox: SandboxConfig = SandboxConfig()
     # Longest stdout line accepted from the child (SPEC 5: at least 16 MiB).
     max_line_bytes: int = 16 * MiB
+    # Children kept started and initialized ahead of the sessions that will take them.
+    spares: int = 1
 
 
 @attrs.frozen

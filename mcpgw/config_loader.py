@@ -36,6 +36,8 @@ from mcpgw.substitution import MISSING, Context, Reader, as_bool, as_int, substi
 SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TLS_MODES = ("auto", "on", "off")
+# Upper bound of a service's ``spares`` (each is an idle child).
+MAX_SPARES = 8
 # Lower bound of ``max_line_bytes``; the default is 16 MiB (SPEC 5).
 MIN_LINE_BYTES = 1024
 COMMAND_PROBLEM = "must be a non-empty list of strings"
@@ -196,6 +198,7 @@ def _service(name: str, sec: Reader) -> ServiceConfig:
     startup_timeout = sec.seconds("startup_timeout", 30.0)
     call_timeout = sec.seconds("call_timeout", 25.0)
     max_line_bytes = sec.integer("max_line_bytes", 16 * MiB, MIN_LINE_BYTES)
+    spares = sec.integer("spares", 1, 0, MAX_SPARES)
     sandbox, sandbox_key = _sandbox_of(sec)
     working_dir = sec.path("working_dir", None)
     if working_dir is None:
@@ -215,6 +218,7 @@ def _service(name: str, sec: Reader) -> ServiceConfig:
         call_timeout=call_timeout,
         sandbox=attrs.evolve(sandbox, working_dir=working_dir),
         max_line_bytes=max_line_bytes,
+        spares=spares,
     )
 
 

@@ -38,6 +38,7 @@ from mcpgw.errors import (
 )
 from mcpgw.logs import Logger
 from mcpgw.servers import RunningServer, ServerFactory
+from mcpgw.spares import SparePool
 
 log = Logger()
 
@@ -83,6 +84,8 @@ class Session:
     restarts: int = 0
     # Orders sessions used at the same reactor time (most recently used wins).
     use_seq: int = 0
+    # Its child was a ready spare: its replacement starts once this session's call is done.
+    refill_after_call: bool = False
 
     def describe(self, now: float) -> dict[str, Any]:
         # The idle TTL counts from the end of the last call: with a call in flight it is whole.
@@ -133,11 +136,22 @@ class SessionManager(Service):
         services: Mapping[str, ServiceConfig],
         config: SessionConfig,
         server_factory: ServerFactory,
+        *,
+        spares: bool = False,
     ) -> None:
+        """
+        @param spares: keep each service's ``spares`` children started ahead of new sessions
+            (``mcpgw.spares``), from ``startService`` on.
+        """
         self._reactor = reactor
         self._services = services
         self._config = config
         self._factory = server_factory
+        self.spares = (
+            SparePool(reactor, services, server_factory, on_tools_changed=self._tools_changed)
+            if spares
+            else None
+        )
         self._sessions: dict[tuple[str, str], Session] = {}
         self._use_seq = 0
         # Children being stopped, so shutdown can wait for them.
@@ -181,6 +195,12 @@ class SessionManager(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self._reaper.start(self._config.cleanup_interval, now=False)
+        if self.spares is not None:
+            self.spares.start()
+
+    def _tools_changed(self, service: str) -> None:
+        if self.on_tools_changed is not None:
+            self.on_tools_changed(service)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -190,6 +210,8 @@ class SessionManager(Service):
             self._reaper.stop()
         for session in list(self._sessions.values()):
             self._close(session, "shutdown")
+        if self.spares is not None:
+            self._stopping.add(self.spares.stop())
         return self.wait_stopped()
 
     def wait_stopped(self) -> Deferred[None]:
@@ -297,6 +319,9 @@ class SessionManager(Service):
             return CallOutcome(result=result, restarted=restarted, created=created)
         finally:
             self._end_use(session)
+            if session.refill_after_call and not session.in_flight and self.spares:
+                session.refill_after_call = False
+                self.spares.refill_now(session.service)
 
     def _end_use(self, session: Session) -> None:
         session.in_flight -= 1
@@ -331,14 +356,21 @@ class SessionManager(Service):
                 self._child_lost(session, server)
 
         def tools_changed() -> None:
-            if self.on_tools_changed is not None:
-                self.on_tools_changed(session.service)
+            self._tools_changed(session.service)
 
         outcome: RunningServer | Failure
         try:
-            server = self._factory(svc, on_tools_changed=tools_changed, on_exit=exited)
-            session.starting_server = server
-            await server.start()
+            spare = self.spares.take(svc.name) if self.spares is not None else None
+            if spare is not None:
+                server = spare.server
+                spare.adopt(on_exit=exited, on_tools_changed=tools_changed)
+                session.starting_server = server
+                session.refill_after_call = spare.outcome is True
+                await spare.started()
+            else:
+                server = self._factory(svc, on_tools_changed=tools_changed, on_exit=exited)
+                session.starting_server = server
+                await server.start()
             outcome = server
         except Exception as e:  # noqa: BLE001 - logged; one failure must not stop the rest
             outcome = Failure(e if isinstance(e, StartupFailed) else StartupFailed(str(e)))

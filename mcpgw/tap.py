@@ -197,7 +197,7 @@ def build_service(
     services = config.enabled_services
     catalog = ToolsCatalog(services, server_factory)
     catalog.setServiceParent(top)  # type: ignore[no-untyped-call]
-    sessions = SessionManager(reactor, services, config.session, server_factory)
+    sessions = SessionManager(reactor, services, config.session, server_factory, spares=True)
     sessions.on_tools_changed = catalog.invalidate
     sessions.setServiceParent(top)  # type: ignore[no-untyped-call]
 

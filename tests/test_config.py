@@ -698,6 +698,20 @@ class ValidationTests(SynchronousTestCase):
             "config.json: services.svc.max_line_bytes: must be an integer >= 1024",
         )
 
+    def test_spares(self) -> None:
+        """
+        A service keeps one spare child unless C{spares} says otherwise (0 to 8; a string
+        that parses as an integer is taken).
+        """
+        self.assertEqual(parse(with_service()).services["svc"].spares, 1)
+        self.assertEqual(parse(with_service(spares=0)).services["svc"].spares, 0)
+        self.assertEqual(parse(with_service(spares="3")).services["svc"].spares, 3)
+        for bad in (-1, 9, "many", 1.5, True):
+            self.assert_error(
+                with_service(spares=bad),
+                "config.json: services.svc.spares: must be an integer from 0 to 8",
+            )
+
     def test_rate_limits(self) -> None:
         """
         Limit strings are checked by C{mcpgw.ratelimit.parse_limit}; the message names the key.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 import treq
 from twisted.internet import reactor
@@ -101,20 +101,49 @@ class GatewayInProcess(TestCase):
             raise SkipTest("no idle cpu group here")
         path = group.path
         self.assertEqual((await self.call("echo", "ig", {"text": "x"}))[0], 200)
-        for _ in range(500):  # the tools probes' children end; the move out runs in a thread
-            children = processes_under(self.sandbox)
-            if len(children) == 1:
-                with open(f"/proc/{children[0]}/cgroup") as f:
-                    if os.path.basename(path) not in f.read():
-                        break
-            await deferLater(reactor, 0.01, lambda: None)
-        [pid] = children
+        assert self.service.sessions is not None
+        session = self.service.sessions.get("fake", "ig")
+        assert session is not None and session.server is not None
+        pid = cast(Any, session.server).pid
         name = os.path.basename(path)
+        for _ in range(500):  # the move out runs in a thread
+            with open(f"/proc/{pid}/cgroup") as f:
+                if name not in f.read():
+                    break
+            await deferLater(reactor, 0.01, lambda: None)
         with open(f"/proc/{pid}/cgroup") as f:
             self.assertNotIn(name, f.read())
         self.assertTrue(os.path.isdir(path))
         await self.service.stopService()
         self.assertFalse(os.path.exists(path))
+
+    async def test_first_call_answered_by_a_spare(self) -> None:
+        """
+        A new session's first call is answered by the spare started ahead of it; the next
+        new session gets the spare's replacement, with a private directory of its own.
+        """
+        assert self.service.sessions is not None
+        pool = self.service.sessions.spares
+        assert pool is not None
+
+        async def ready_spare_pid() -> int:
+            for _ in range(1000):
+                ready = [s for s in pool.spares("fake") if s.outcome is True]
+                if ready:
+                    return cast(int, cast(Any, ready[0].server).pid)
+                await deferLater(reactor, 0.01, lambda: None)
+            self.fail("no spare became ready")
+
+        facts = []
+        for sid in ("sp1", "sp2"):
+            pid = await ready_spare_pid()
+            code, body = await self.call("sandbox", sid)
+            self.assertEqual(code, 200, body)
+            facts.append(json.loads(body["result"]))
+            self.assertEqual(facts[-1]["pid"], pid)
+        self.assertNotEqual(facts[0]["cwd"], facts[1]["cwd"])
+        for fact in facts:
+            self.assertTrue(fact["cwd"].startswith(self.sandbox + os.sep), fact["cwd"])
 
     async def test_multiplexed_calls(self) -> None:
         """Concurrent calls on one session are multiplexed: slow ones do not block others."""
