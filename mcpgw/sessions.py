@@ -148,7 +148,15 @@ class SessionManager(Service):
         self._config = config
         self._factory = server_factory
         self.spares = (
-            SparePool(reactor, services, server_factory, on_tools_changed=self._tools_changed)
+            SparePool(
+                reactor,
+                services,
+                server_factory,
+                stop=self._stop_in_background,
+                room=self._room,
+                on_tools_changed=self._tools_changed,
+                max_age=config.default_timeout,
+            )
             if spares
             else None
         )
@@ -195,8 +203,18 @@ class SessionManager(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self._reaper.start(self._config.cleanup_interval, now=False)
-        if self.spares is not None:
+
+    def start_spares(self) -> None:
+        """Start keeping spare children (after the tools probes, so as not to double them)."""
+        if self.spares is not None and self.running and not self._shutting_down:
             self.spares.start()
+
+    def _room(self, service: str) -> int:
+        """How many more sessions of ``service`` the limits allow now."""
+        return min(
+            self._config.max_sessions_per_service - self.count_for(service),
+            self._config.max_total_sessions - len(self._sessions),
+        )
 
     def _tools_changed(self, service: str) -> None:
         if self.on_tools_changed is not None:
@@ -211,7 +229,7 @@ class SessionManager(Service):
         for session in list(self._sessions.values()):
             self._close(session, "shutdown")
         if self.spares is not None:
-            self._stopping.add(self.spares.stop())
+            self.spares.stop()
         return self.wait_stopped()
 
     def wait_stopped(self) -> Deferred[None]:
@@ -230,6 +248,8 @@ class SessionManager(Service):
                     continue
                 if now - session.last_accessed >= session.timeout:
                     self._close(session, "expired")
+            if self.spares is not None:
+                self.spares.recycle()
         except Exception:  # noqa: BLE001 - logged; one failure must not stop the rest
             log.failure("while reaping sessions")
 
@@ -284,6 +304,8 @@ class SessionManager(Service):
             await self._ensure_started(session)
         finally:
             self._end_use(session)
+        # Its first call may come at once: the spare's replacement waits its delay instead.
+        session.refill_after_call = False
         return session, created
 
     async def call(

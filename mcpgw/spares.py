@@ -12,20 +12,23 @@ for a spawn (about 20 ms for a small Python server, seconds for an ``npx`` one).
   answered (``refill_now``) or 0.1 s later, whichever comes first, so that the spawn (which
   blocks the reactor) and the new child (which takes a core) do not slow that first call;
   when it was still starting, at once (sessions come faster than spares start).
-- A spare that fails to start, or dies while it waits, is not replaced at once: replacements
-  wait 1 s, doubling up to 5 min, until one starts. Meanwhile sessions start their own
-  children, and report their own failures.
-- Spares are not sessions: no session limit counts them. The gateway stops them when it stops.
+- Spares are not sessions, but they fit in the room the session limits leave: a service
+  with no room for another session keeps no spare (``max_sessions_per_service`` 1 still
+  means one process).
+- A spare that fails to start, or dies while it waits, is replaced after 1 s, doubling up to
+  5 min, until a spare is taken ready. Meanwhile sessions start their own children, and
+  report their own failures.
+- A spare ready for longer than ``max_age`` is replaced by a fresh one (``recycle``): what a
+  server read at start (a token, a connection) may be stale by then.
 - Once taken, a spare's exit and ``tools/list_changed`` go to its session; before, a change
-  goes to ``on_tools_changed``.
+  goes to ``on_tools_changed``. The gateway stops the spares when it stops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -46,22 +49,23 @@ class Spare:
 
     server: RunningServer
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, pool: SparePool) -> None:
         self.service = service
+        self._pool = pool
         self.taken = False
+        # Exited (before or after its start ended): never handed out.
+        self.dead = False
         # None while starting; True once started; the Failure of a start that failed.
         self.outcome: bool | Failure | None = None
+        self.ready_at = 0.0
         self._waiters: list[Deferred[None]] = []
-        self.on_exit: Callable[[str], None] | None = None
-        self.on_tools_changed: Callable[[], None] | None = None
-        # Set by the pool: what happens when an untaken spare exits, or its tools change.
-        self.lost: Callable[[Spare], None] = lambda spare: None
-        self.changed: Callable[[str], None] = lambda service: None
+        self._on_exit: Callable[[str], None] | None = None
+        self._on_tools_changed: Callable[[], None] | None = None
 
     def adopt(self, on_exit: Callable[[str], None], on_tools_changed: Callable[[], None]) -> None:
         """From now on the taker hears of the child's exit and tool changes."""
-        self.on_exit = on_exit
-        self.on_tools_changed = on_tools_changed
+        self._on_exit = on_exit
+        self._on_tools_changed = on_tools_changed
 
     def started(self) -> Deferred[None]:
         """Fires once the spare is started (at once if it is), or fails as its start did."""
@@ -83,16 +87,21 @@ class Spare:
                 d.callback(None)
 
     def exited(self, description: str) -> None:
-        if self.on_exit is not None:
-            self.on_exit(description)
-        elif self.outcome is True:
-            self.lost(self)
+        if self._on_exit is not None:
+            self._on_exit(description)
+            return
+        if self.dead:
+            return
+        self.dead = True
+        if self.outcome is True:
+            self._pool.lost(self)
+        # Still starting: its start fails next, and the pool hears of that.
 
     def tools_changed(self) -> None:
-        if self.on_tools_changed is not None:
-            self.on_tools_changed()
+        if self._on_tools_changed is not None:
+            self._on_tools_changed()
         else:
-            self.changed(self.service)
+            self._pool.tools_changed(self.service)
 
 
 class SparePool:
@@ -103,17 +112,29 @@ class SparePool:
         reactor: IReactorTime,
         services: Mapping[str, ServiceConfig],
         factory: ServerFactory,
+        *,
+        stop: Callable[[RunningServer], None],
+        room: Callable[[str], int] | None = None,
         on_tools_changed: Callable[[str], None] | None = None,
+        max_age: float | None = None,
     ) -> None:
+        """
+        @param stop: stops a server in the background (the owner waits for it at shutdown).
+        @param room: how many more sessions of a service the limits allow now.
+        """
         self._reactor = reactor
         self._services = services
         self._factory = factory
+        self._stop = stop
+        self._room = room
         self._on_tools_changed = on_tools_changed
+        self._max_age = max_age
         self._spares: dict[str, list[Spare]] = {}
         self._backoff: dict[str, float] = {}
         self._not_before: dict[str, float] = {}
         self._refills: dict[str, IDelayedCall] = {}
-        self._stopping: set[Deferred[Any]] = set()
+        # Services whose pending refill follows the take of a ready spare (not a backoff).
+        self._after_take: set[str] = set()
         self._running = False
 
     def spares(self, service: str) -> list[Spare]:
@@ -128,12 +149,16 @@ class SparePool:
     def fill(self, service: str) -> None:
         """Start spares until ``service`` has its ``spares`` (unless backing off)."""
         self._refills.pop(service, None)
+        self._after_take.discard(service)
         svc = self._services.get(service)
         if not self._running or svc is None or not svc.enabled or svc.spares <= 0:
             return
         spares = self._spares.setdefault(service, [])
+        wanted = svc.spares
+        if self._room is not None:
+            wanted = min(wanted, self._room(service))
         while (
-            len(spares) < svc.spares
+            len(spares) < wanted
             and self._running
             and self._reactor.seconds() >= self._not_before.get(service, 0.0)
         ):
@@ -150,18 +175,22 @@ class SparePool:
         taken = None
         while spares and taken is None:
             spare = spares.pop(0)
-            if spare.outcome is True and not spare.server.alive:
+            if spare.dead or (spare.outcome is True and not spare.server.alive):
                 self._stop(spare.server)
                 continue
             spare.taken = True
             taken = spare
+        ready = taken is not None and taken.outcome is True
+        if ready:
+            self._backoff.pop(service, None)
         svc = self._services.get(service)
         if self._running and svc is not None and svc.spares > 0 and service not in self._refills:
             # A ready spare's first call goes ahead of its replacement's start (the spawn
             # blocks the reactor, the new child takes a core); one taken while starting
             # means sessions come faster than spares start: replace it at once.
-            delay = REFILL_DELAY if taken is not None and taken.outcome is True else 0
-            self._refills[service] = self._reactor.callLater(delay, self.fill, service)
+            self._schedule(service, REFILL_DELAY if ready else 0)
+            if ready:
+                self._after_take.add(service)
         return taken
 
     def refill_now(self, service: str) -> None:
@@ -170,11 +199,24 @@ class SparePool:
         call is done (and its answer is written in this turn).
         """
         call = self._refills.get(service)
-        if call is not None and call.active():
+        if service in self._after_take and call is not None and call.active():
             call.reset(0)
 
-    def stop(self) -> Deferred[None]:
-        """Stop every spare not taken; fires once they have all ended."""
+    def recycle(self) -> None:
+        """Replace the spares that have been ready for longer than ``max_age``."""
+        if self._max_age is None:
+            return
+        now = self._reactor.seconds()
+        for service, spares in self._spares.items():
+            old = [s for s in spares if s.outcome is True and now - s.ready_at >= self._max_age]
+            for spare in old:
+                spares.remove(spare)
+                self._stop(spare.server)
+            if old:
+                self.fill(service)
+
+    def stop(self) -> None:
+        """Stop every spare not taken (through ``stop``) and every timer; make no more."""
         self._running = False
         for call in self._refills.values():
             if call.active():
@@ -184,17 +226,29 @@ class SparePool:
             for spare in spares:
                 self._stop(spare.server)
         self._spares.clear()
-        if not self._stopping:
-            return succeed(None)
-        d: Deferred[Any] = DeferredList(list(self._stopping), consumeErrors=True)
-        return d.addCallback(lambda _: None)
+
+    # -- what spares tell the pool ---------------------------------------------------------
+
+    def lost(self, spare: Spare) -> None:
+        """An untaken, started spare exited while it waited."""
+        self._remove(spare)
+        self._stop(spare.server)
+        if self._running:
+            delay = self._back_off(spare.service)
+            log.warn(
+                "a spare of {service} exited while waiting (next spare in {delay:g} s)",
+                service=spare.service,
+                delay=delay,
+            )
+
+    def tools_changed(self, service: str) -> None:
+        if self._on_tools_changed is not None:
+            self._on_tools_changed(service)
 
     # -- internals -----------------------------------------------------------------------------
 
     def _spawn(self, svc: ServiceConfig) -> Spare:
-        spare = Spare(svc.name)
-        spare.lost = self._lost
-        spare.changed = self._changed
+        spare = Spare(svc.name, self)
         spare.server = self._factory(
             svc, on_tools_changed=spare.tools_changed, on_exit=spare.exited
         )
@@ -204,7 +258,7 @@ class SparePool:
         return spare
 
     def _started(self, spare: Spare) -> None:
-        self._backoff.pop(spare.service, None)
+        spare.ready_at = self._reactor.seconds()
         spare.settle(True)
 
     def _failed(self, spare: Spare, failure: Failure) -> None:
@@ -221,40 +275,22 @@ class SparePool:
                 )
         spare.settle(failure)
 
-    def _lost(self, spare: Spare) -> None:
-        """An untaken spare exited while it waited."""
-        self._remove(spare)
-        self._stop(spare.server)
-        if self._running:
-            delay = self._back_off(spare.service)
-            log.warn(
-                "a spare of {service} exited while waiting (next spare in {delay:g} s)",
-                service=spare.service,
-                delay=delay,
-            )
-
-    def _changed(self, service: str) -> None:
-        if self._on_tools_changed is not None:
-            self._on_tools_changed(service)
-
     def _back_off(self, service: str) -> float:
+        """Wait longer before the next spare, and schedule it."""
         delay = min(MAX_BACKOFF, self._backoff.get(service, FIRST_BACKOFF / 2) * 2)
         self._backoff[service] = delay
         self._not_before[service] = self._reactor.seconds() + delay
+        call = self._refills.get(service)
+        if call is not None and call.active():
+            call.cancel()
+        self._schedule(service, delay)
         return delay
+
+    def _schedule(self, service: str, delay: float) -> None:
+        self._after_take.discard(service)
+        self._refills[service] = self._reactor.callLater(delay, self.fill, service)
 
     def _remove(self, spare: Spare) -> None:
         spares = self._spares.get(spare.service, [])
         if spare in spares:
             spares.remove(spare)
-
-    def _stop(self, server: RunningServer) -> None:
-        d = server.stop()
-        self._stopping.add(d)
-
-        def done(result: object) -> None:
-            self._stopping.discard(d)
-            if isinstance(result, Failure):
-                log.failure("while stopping a spare", result)
-
-        d.addBoth(done)

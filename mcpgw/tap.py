@@ -121,7 +121,10 @@ class GatewayService(MultiService):
             gc.collect()
             gc.freeze()
         if self.catalog is not None:
-            self.catalog.probe_all()
+            probed = self.catalog.probe_all()
+            if self.sessions is not None:
+                sessions = self.sessions
+                probed.addCallback(lambda _: sessions.start_spares())
         if self.stop_signals is not None:
             self.stop_signals.reactor.callWhenRunning(self.stop_signals.install)
 

@@ -5,6 +5,8 @@ Clock and fake servers.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -29,16 +31,38 @@ class SparePoolTests(SynchronousTestCase):
         self.clock = Clock()
         self.factory = FakeFactory()
         self.changed: list[str] = []
+        self.stopped: list[FakeServer] = []
+        self.room = 100
         self.make(a=1, b=2, off=0)
 
-    def make(self, **spares: int) -> None:
+    def make(self, max_age: float | None = None, **spares: int) -> None:
         self.services = services(**spares)
         self.pool = SparePool(
-            self.clock, self.services, self.factory, on_tools_changed=self.changed.append
+            self.clock,
+            self.services,
+            self.factory,
+            stop=self.stop,
+            room=lambda service: self.room,
+            on_tools_changed=self.changed.append,
+            max_age=max_age,
         )
+
+    def stop(self, server: Any) -> None:
+        self.stopped.append(server)
+        server.stop()
 
     def made(self, service: str = "a") -> list[FakeServer]:
         return [s for s in self.factory.servers if s.service.name == service]
+
+    def spawn_times(self, until: float) -> list[float]:
+        """Advance the clock by 0.5 s steps to C{until}; when each spare of "a" was made."""
+        times = []
+        while self.clock.seconds() < until:
+            made = len(self.made())
+            self.clock.advance(0.5)
+            if len(self.made()) > made:
+                times.append(self.clock.seconds())
+        return times
 
     def test_start_fills_each_service(self) -> None:
         """Each enabled service gets its ``spares``, started; none where it is 0."""
@@ -53,6 +77,16 @@ class SparePoolTests(SynchronousTestCase):
         self.services["a"] = ServiceConfig(name="a", command=("x",), enabled=False)
         self.pool.start()
         self.assertEqual(self.made("a"), [])
+
+    def test_room_left_by_session_limits(self) -> None:
+        """No more spares than the session limits leave room for."""
+        self.room = 1
+        self.pool.start()
+        self.assertEqual(len(self.made("b")), 1)
+        self.room = 0
+        self.assertIsNotNone(self.pool.take("b"))
+        self.clock.advance(REFILL_DELAY)
+        self.assertEqual(len(self.made("b")), 1)
 
     def test_ready_spare_replaced_after_delay_or_its_call(self) -> None:
         """
@@ -104,59 +138,47 @@ class SparePoolTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_failed_starts_back_off(self) -> None:
-        """A spare that fails to start is dropped; replacements wait 1, 2, 4 ... s."""
+        """A spare that fails to start is dropped; the next ones come 1, 2, 4 ... s later."""
         self.factory.start_mode = "fail"
         self.make(a=1)
         self.pool.start()
         self.assertEqual(len(self.made()), 1)
         self.assertEqual(self.pool.spares("a"), [])
-        delays = []
-        for _ in range(12):
-            made = len(self.made())
-            self.assertIsNone(self.pool.take("a"))
-            waited = 0.0
-            while len(self.made()) == made:
-                self.clock.advance(0.5)
-                waited += 0.5
-                self.pool.take("a")
-            delays.append(waited)
-        self.assertEqual(delays[:4], [1.0, 2.0, 4.0, 8.0])
-        self.assertEqual(delays[-1], MAX_BACKOFF)
+        times = self.spawn_times(2000)
+        gaps = [later - earlier for earlier, later in zip([0.0, *times], times, strict=False)]
+        self.assertEqual(gaps[:5], [1.0, 2.0, 4.0, 8.0, 16.0])
+        self.assertEqual(max(gaps), MAX_BACKOFF)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
-    def test_started_spare_resets_back_off(self) -> None:
-        """After a spare starts, the next failure waits 1 s again."""
-        self.factory.start_mode = "fail"
+    def test_taking_a_ready_spare_resets_back_off(self) -> None:
+        """
+        A server that starts but dies while it waits backs off too; once a spare is taken
+        ready, the next failure waits 1 s again.
+        """
         self.make(a=1)
-        self.pool.start()  # fails: 1 s
+        self.pool.start()
+        self.made()[-1].die()
+        self.made()[-1].die()  # not yet replaced: a no-op
         self.clock.advance(1.0)
-        self.factory.start_mode = "auto"
-        self.assertIsNone(self.pool.take("a"))
-        self.clock.advance(0)
-        self.assertEqual(len(self.pool.spares("a")), 1)
-        self.factory.start_mode = "fail"
+        self.made()[-1].die()  # replaced at 1 s, dies: next one at 3 s
+        self.assertEqual(self.spawn_times(3.0), [3.0])
         self.assertIsNotNone(self.pool.take("a"))
-        self.clock.advance(REFILL_DELAY)  # the replacement fails: 1 s, not 2
-        made = len(self.made())
-        for wait in (0.5, 0.5):
-            self.clock.advance(wait)
-            self.pool.take("a")
-            self.clock.advance(0)
-        self.assertEqual(len(self.made()), made + 1)
+        self.clock.advance(REFILL_DELAY)
+        self.made()[-1].die()
+        self.assertEqual(self.spawn_times(self.clock.seconds() + 2), [3.0 + REFILL_DELAY + 1])
 
     def test_idle_spare_dies(self) -> None:
-        """A spare that exits while it waits is stopped and dropped, then replaced later."""
+        """A spare that exits while it waits is stopped and dropped, and replaced 1 s later."""
         self.make(a=1)
         self.pool.start()
         [server] = self.made()
         server.die()
-        self.assertTrue(server.stopped)
+        self.assertEqual(self.stopped, [server])
         self.assertEqual(self.pool.spares("a"), [])
         self.assertIsNone(self.pool.take("a"))
-        self.clock.advance(0)
-        self.assertEqual(len(self.made()), 1)  # backing off
-        self.clock.advance(1.0)
-        self.assertIsNone(self.pool.take("a"))
-        self.clock.advance(0)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.made()), 1)
+        self.clock.advance(0.5)
         self.assertEqual(len(self.pool.spares("a")), 1)
 
     def test_dead_spare_not_handed_out(self) -> None:
@@ -166,7 +188,33 @@ class SparePoolTests(SynchronousTestCase):
         [server] = self.made()
         server.alive = False
         self.assertIsNone(self.pool.take("a"))
-        self.assertTrue(server.stopped)
+        self.assertEqual(self.stopped, [server])
+
+    def test_exit_while_starting(self) -> None:
+        """A spare that exits during its start is not handed out; its failed start backs off."""
+        self.factory.start_mode = "manual"
+        self.make(a=1)
+        self.pool.start()
+        [server] = self.made()
+        server.die()
+        self.assertIsNone(self.pool.take("a"))
+        assert server.started is not None
+        server.started.errback(StartupFailed("exited with code 1"))
+        self.assertEqual(self.spawn_times(1.0), [1.0])
+
+    def test_old_spares_recycled(self) -> None:
+        """A spare ready for C{max_age} s or more is replaced by a fresh one."""
+        self.make(max_age=60, a=1)
+        self.pool.start()
+        [old] = self.made()
+        self.clock.advance(59)
+        self.pool.recycle()
+        self.assertEqual(self.stopped, [])
+        self.clock.advance(1)
+        self.pool.recycle()
+        self.assertEqual(self.stopped, [old])
+        self.assertEqual([s.server for s in self.pool.spares("a")], [self.made()[-1]])
+        self.assertTrue(self.made()[-1].alive)
 
     def test_events_follow_the_taker(self) -> None:
         """Before a take, tool changes go to the pool's callback; after, to the taker's."""
@@ -184,7 +232,7 @@ class SparePoolTests(SynchronousTestCase):
         server.on_tools_changed()
         server.die("killed by signal 9")
         self.assertEqual((self.changed, changes, exits), (["a"], [None], ["killed by signal 9"]))
-        self.assertFalse(server.stopped)  # its session stops it
+        self.assertEqual(self.stopped, [])  # its session stops it
 
     def test_stop(self) -> None:
         """Stop ends every untaken spare, ready or starting, and leaves no timer."""
@@ -193,12 +241,11 @@ class SparePoolTests(SynchronousTestCase):
         assert taken is not None
         self.factory.start_mode = "manual"
         self.clock.advance(REFILL_DELAY)
-        d = self.pool.stop()
-        self.successResultOf(d)
+        self.pool.stop()
         untaken = [s for s in self.factory.servers if s is not taken.server]
         self.assertEqual(len(untaken), 3)
+        self.assertEqual(sorted(map(id, self.stopped)), sorted(map(id, untaken)))
         self.assertTrue(all(s.stopped for s in untaken))
-        self.assertFalse(taken.server.stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertIsNone(self.pool.take("a"))
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -219,6 +266,7 @@ class SessionSpareTests(SynchronousTestCase):
             spares=True,
         )
         self.manager.startService()
+        self.manager.start_spares()
         self.addCleanup(self.manager.stopService)
 
     def call(self, sid: str = "s1") -> Deferred[CallOutcome]:
@@ -242,24 +290,46 @@ class SessionSpareTests(SynchronousTestCase):
             Deferred.fromCoroutine(self.manager.open("a", "ahead", None, None))
         )
         self.assertIs(session.server, spare)
+        self.successResultOf(self.call("ahead"))  # its first call: no hurry to replace
         self.clock.advance(0)
         self.assertEqual(len(self.factory.servers), 1)
         self.clock.advance(REFILL_DELAY)
         self.assertEqual(len(self.factory.servers), 2)
 
-    def test_spare_failing_fails_its_session(self) -> None:
-        """A session waiting for a starting spare that fails gets C{StartupFailed}."""
+    def make_manager(self, start_mode: str = "auto", **config: Any) -> None:
         self.successResultOf(self.manager.stopService())
         self.factory = FakeFactory()
-        self.factory.start_mode = "manual"
+        self.factory.start_mode = start_mode
         self.manager = SessionManager(
             self.clock,
             services(a=1),
-            SessionConfig(sandbox_dir="/nonexistent"),
+            SessionConfig(sandbox_dir="/nonexistent", **config),
             self.factory,
             spares=True,
         )
         self.manager.startService()
+        self.manager.start_spares()
+
+    def test_one_session_allowed_one_process(self) -> None:
+        """With room for one session, its spare is not replaced while it lives."""
+        self.make_manager(max_sessions_per_service=1)
+        self.successResultOf(self.call())
+        self.clock.advance(REFILL_DELAY)
+        self.assertEqual(len(self.factory.servers), 1)
+
+    def test_reaper_recycles_old_spares(self) -> None:
+        """The reaper replaces a spare ready for C{default_timeout} s."""
+        self.make_manager(default_timeout=100, cleanup_interval=60)
+        [old] = self.factory.servers
+        self.clock.advance(60)
+        self.assertFalse(old.stopped)
+        self.clock.advance(60)
+        self.assertTrue(old.stopped)
+        self.assertEqual(len(self.factory.live()), 1)
+
+    def test_spare_failing_fails_its_session(self) -> None:
+        """A session waiting for a starting spare that fails gets C{StartupFailed}."""
+        self.make_manager(start_mode="manual")
         d = self.call()
         self.assertNoResult(d)
         started = self.factory.servers[0].started
