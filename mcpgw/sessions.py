@@ -10,6 +10,8 @@ Sessions: one MCP server process per ``(service, session_id)``, created on first
   limits), waiting calls fail with ``SessionClosed``, and the child stops in the background.
 - A child that dies is replaced on the next call of its session, which says
   ``session_restarted``.
+- A new session (or a restart) takes a spare child started ahead when there is one
+  (``mcpgw.spares``).
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ class SessionManager(Service):
     ) -> None:
         """
         @param spares: keep each service's ``spares`` children started ahead of new sessions
-            (``mcpgw.spares``), from ``startService`` on.
+            (``mcpgw.spares``), once ``start_spares`` is called.
         """
         self._reactor = reactor
         self._services = services
@@ -341,7 +343,7 @@ class SessionManager(Service):
             return CallOutcome(result=result, restarted=restarted, created=created)
         finally:
             self._end_use(session)
-            if session.refill_after_call and not session.in_flight and self.spares:
+            if session.refill_after_call and not session.in_flight and self.spares is not None:
                 session.refill_after_call = False
                 self.spares.refill_now(session.service)
 

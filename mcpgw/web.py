@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -281,6 +282,10 @@ class GatewayChannel(HTTPChannel):
     _head: list[bytes] | None = None
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if not isinstance(headers, Headers):  # pairs: sanitized as Twisted's own does
+            pairs, headers = headers, Headers()
+            for name, value in pairs:
+                headers.addRawHeader(name, value)
         head = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:

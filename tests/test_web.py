@@ -220,6 +220,19 @@ class AnswerWriteTests(SynchronousTestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 204 "), answer)
         self.assertTrue(answer.endswith(b"\r\n\r\n"), answer)
 
+    def test_header_pairs_sanitized(self) -> None:
+        """Headers given as pairs (Twisted's old form) are sanitized, as Twisted's own are."""
+        channel = GatewayChannel()
+        transport = WriteRecorder()
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        channel.writeHeaders(b"HTTP/1.1", b"200", b"OK", [(b"X-A", b"1\r\nInjected: yes")])
+        channel.write(b"body")
+        [answer] = transport.writes
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\nX-A: 1 "), answer)
+        self.assertNotIn(b"\r\nInjected", answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\nbody"), answer)
+
     def test_chunked_answer_in_order(self) -> None:
         writes = self.exchange(b"/parts")
         self.assertEqual(len(writes), 3)
