@@ -228,6 +228,7 @@ class GatewayApp:
                 "state": self._catalog.state(name),
                 "tools": len(self._catalog.cached(name) or []),
                 "sessions": self._sessions.count_for(name),
+                "spares": self._sessions.ready_spares(name),
             }
             for name, svc in self._services.items()
         }

@@ -185,6 +185,10 @@ class SessionManager(Service):
     def count_for(self, service: str) -> int:
         return sum(1 for (svc, _) in self._sessions if svc == service)
 
+    def ready_spares(self, service: str) -> int:
+        """How many spare children of ``service`` are started and waiting for a session."""
+        return self.spares.ready(service) if self.spares is not None else 0
+
     def snapshot(self, service: str | None = None) -> dict[str, Any]:
         """``GET /sessions``: keyed by session id, the most recently used service first."""
         now = self._reactor.seconds()

@@ -141,6 +141,14 @@ class SparePool:
         """The spares of ``service`` not taken yet (ready or starting)."""
         return list(self._spares.get(service, ()))
 
+    def ready(self, service: str) -> int:
+        """How many spares of ``service`` are started and waiting."""
+        return sum(
+            1
+            for spare in self._spares.get(service, ())
+            if spare.outcome is True and not spare.dead and spare.server.alive
+        )
+
     def start(self) -> None:
         self._running = True
         for name in self._services:

@@ -61,14 +61,18 @@ def make_config(**overrides: Any) -> Config:
 class Gateway:
     """The real resource tree wired to fakes."""
 
-    def __init__(self, testcase: SynchronousTestCase, **overrides: Any) -> None:
+    def __init__(
+        self, testcase: SynchronousTestCase, *, spares: bool = False, **overrides: Any
+    ) -> None:
         self.clock = Clock()
         self.clock.advance(10_000)
         self.factory = FakeFactory()
         self.config = make_config(**overrides)
         services = self.config.enabled_services
         self.catalog = ToolsCatalog(services, self.factory)
-        self.sessions = SessionManager(self.clock, services, self.config.session, self.factory)
+        self.sessions = SessionManager(
+            self.clock, services, self.config.session, self.factory, spares=spares
+        )
         self.sessions.on_tools_changed = self.catalog.invalidate
         self.limiter = RateLimiter(self.clock, self.config.rate_limiting)
         self.swaig = SwaigBridge(self.config, self.catalog, self.sessions)
@@ -219,6 +223,20 @@ class HealthAndAuthTests(SynchronousTestCase):
         self.assertNotIn("secret-flag", text)
         self.assertNotIn("hidden", text)
         self.assertNotIn("command", text)
+
+    def test_services_count_ready_spares(self) -> None:
+        """GET /services says how many spare children of each service wait, started."""
+        self.assertEqual(self.gw.json(self.gw.request("GET", "/services"))["echo"]["spares"], 0)
+        gw = Gateway(self, spares=True)
+        gw.sessions.startService()
+        self.addCleanup(gw.sessions.stopService)
+        gw.sessions.start_spares()
+        self.assertEqual(gw.json(gw.request("GET", "/services"))["echo"]["spares"], 1)
+        r = gw.request("POST", "/services/echo/call", {"tool": "echo", "session_id": "s1"})
+        self.assertEqual(r.code, 200)
+        self.assertEqual(gw.json(gw.request("GET", "/services"))["echo"]["spares"], 0)
+        gw.clock.advance(0)
+        self.assertEqual(gw.json(gw.request("GET", "/services"))["echo"]["spares"], 1)
 
 
 class ToolsTests(SynchronousTestCase):

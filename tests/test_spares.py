@@ -73,6 +73,21 @@ class SparePoolTests(SynchronousTestCase):
         self.assertTrue(all(s.alive for s in self.factory.servers))
         self.assertEqual(len(self.pool.spares("b")), 2)
 
+    def test_ready_counts_started_spares(self) -> None:
+        """C{ready} counts the spares started and alive, not those starting or dead."""
+        self.factory.start_mode = "manual"
+        self.pool.start()
+        self.assertEqual(self.pool.ready("b"), 0)
+        first, second = self.made("b")
+        assert first.started is not None and second.started is not None
+        first.started.callback(None)
+        second.started.callback(None)
+        self.assertEqual(self.pool.ready("b"), 2)
+        second.alive = False  # its exit not told yet
+        self.assertEqual(self.pool.ready("b"), 1)
+        first.die()
+        self.assertEqual(self.pool.ready("b"), 0)
+
     def test_disabled_service_has_none(self) -> None:
         self.services["a"] = ServiceConfig(name="a", command=("x",), enabled=False)
         self.pool.start()
