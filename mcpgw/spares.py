@@ -62,6 +62,11 @@ class Spare:
         self._on_exit: Callable[[str], None] | None = None
         self._on_tools_changed: Callable[[], None] | None = None
 
+    @property
+    def gone(self) -> bool:
+        """Exited, or started and no longer usable: never to be handed out."""
+        return self.dead or (self.outcome is True and not self.server.alive)
+
     def adopt(self, on_exit: Callable[[str], None], on_tools_changed: Callable[[], None]) -> None:
         """From now on the taker hears of the child's exit and tool changes."""
         self._on_exit = on_exit
@@ -146,7 +151,7 @@ class SparePool:
         return sum(
             1
             for spare in self._spares.get(service, ())
-            if spare.outcome is True and not spare.dead and spare.server.alive
+            if spare.outcome is True and not spare.gone
         )
 
     def start(self) -> None:
@@ -183,7 +188,7 @@ class SparePool:
         taken = None
         while spares and taken is None:
             spare = spares.pop(0)
-            if spare.dead or (spare.outcome is True and not spare.server.alive):
+            if spare.gone:
                 self._stop(spare.server)
                 continue
             spare.taken = True

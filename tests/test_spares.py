@@ -269,20 +269,29 @@ class SparePoolTests(SynchronousTestCase):
 class SessionSpareTests(SynchronousTestCase):
     """Sessions take spares when the manager keeps them."""
 
+    manager: SessionManager
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
+        self.make_manager()
+        self.addCleanup(lambda: self.manager.stopService())
+
+    def make_manager(self, start_mode: str = "auto", **config: Any) -> None:
+        """A started manager keeping spares (the previous one stopped)."""
+        if hasattr(self, "manager"):
+            self.successResultOf(self.manager.stopService())
         self.factory = FakeFactory()
+        self.factory.start_mode = start_mode
         self.manager = SessionManager(
             self.clock,
             services(a=1),
-            SessionConfig(sandbox_dir="/nonexistent"),
+            SessionConfig(sandbox_dir="/nonexistent", **config),
             self.factory,
             spares=True,
         )
         self.manager.startService()
         self.manager.start_spares()
-        self.addCleanup(self.manager.stopService)
 
     def call(self, sid: str = "s1") -> Deferred[CallOutcome]:
         return Deferred.fromCoroutine(self.manager.call("a", sid, "echo", {}, 25))
@@ -310,20 +319,6 @@ class SessionSpareTests(SynchronousTestCase):
         self.assertEqual(len(self.factory.servers), 1)
         self.clock.advance(REFILL_DELAY)
         self.assertEqual(len(self.factory.servers), 2)
-
-    def make_manager(self, start_mode: str = "auto", **config: Any) -> None:
-        self.successResultOf(self.manager.stopService())
-        self.factory = FakeFactory()
-        self.factory.start_mode = start_mode
-        self.manager = SessionManager(
-            self.clock,
-            services(a=1),
-            SessionConfig(sandbox_dir="/nonexistent", **config),
-            self.factory,
-            spares=True,
-        )
-        self.manager.startService()
-        self.manager.start_spares()
 
     def test_one_session_allowed_one_process(self) -> None:
         """With room for one session, its spare is not replaced while it lives."""
